@@ -1,0 +1,255 @@
+"""The ``shapeprior`` command line.
+
+Every bad input ends with one line ``shapeprior: error: <file>: <problem>`` on
+stderr and exit code 2; outputs are written atomically, so nothing half-made is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .errors import InputError
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="masks or meshes -> aligned, unit-sphere shapes with SDF samples",
+        description="Turn a folder of binary masks (NIfTI, NRRD, MHA) or surface meshes (OBJ, STL, PLY, VTK, VTP) "
+        "into a dataset folder: clean surfaces, CPD alignment to an anchor, unit-sphere normalisation, SDF samples. "
+        "Re-running on the same output folder resumes.",
+    )
+    p.add_argument("src", help="folder of masks or meshes")
+    p.add_argument("out", help="dataset folder to create or resume")
+    p.add_argument("--label", help="label value(s) to use, comma-separated labels are merged (e.g. 1,2)")
+    p.add_argument("--images", help="folder of images matching the masks by name (checked to share their grid)")
+    p.add_argument("--anchor", help="name of the shape to align to (default: the median-volume shape)")
+    p.add_argument("--target-vertices", type=int, default=4000, help="simplify surfaces to at most this many vertices")
+    p.add_argument("--smoothing-mm", type=float, default=1.0, help="Gaussian sigma applied to masks (mm)")
+    p.add_argument("--no-interpolate", action="store_true", help="do not interpolate between thick slices")
+    p.add_argument("--sdf-samples", type=int, default=100_000, help="SDF samples per shape (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from .io.images import parse_labels
+    from .prep.dataset import PrepareSettings, prepare_dataset
+
+    settings = PrepareSettings(
+        labels=parse_labels(args.label),
+        target_vertices=args.target_vertices,
+        smoothing_mm=args.smoothing_mm,
+        interpolate_slices=not args.no_interpolate,
+        sdf_samples=args.sdf_samples,
+        anchor=args.anchor,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    manifest = prepare_dataset(args.src, args.out, settings, images=args.images, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    repaired = sum(1 for s in manifest["shapes"].values() if s.get("repair", {}).get("method", "none") != "none")
+    print(
+        f"{len(manifest['shapes'])} shapes in {args.out} (anchor {manifest['anchor']}, "
+        f"{repaired} repaired) in {elapsed:.1f} s"
+    )
+    return 0
+
+
+def _add_train_dals(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-dals",
+        help="train a DALS mesh decoder on a prepared dataset",
+        description="Auto-decoder training of a DALS decoder (resumable: re-run the same command).",
+    )
+    p.add_argument("dataset", help="folder made by `shapeprior prepare`")
+    p.add_argument("out", help="model bundle to write (.pt); its checkpoint is OUT.ckpt")
+    p.add_argument("--include", action="append", help="shape-name pattern to train on (repeatable; default all)")
+    p.add_argument("--organ", default="organ", help="organ name stored in the model")
+    p.add_argument("--latent-dim", type=int, default=128)
+    p.add_argument("--hidden", default="256,256,128", help="hidden widths, comma-separated")
+    p.add_argument("--level", type=int, default=3, help="icosphere level of the training template")
+    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--points", type=int, default=2048, help="surface points per shape and step")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lambda-reg", type=float, default=1e-4, help="triangle-quality loss weight")
+    p.add_argument("--lambda-n", type=float, default=1e-3, help="latent norm weight")
+    p.add_argument("--augment", type=int, default=3, help="smoothly deformed copies per shape")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(run=_run_train_dals)
+
+
+def _run_train_dals(args: argparse.Namespace) -> int:
+    from .train.dals import DALSTrainSettings, train_dals
+
+    settings = DALSTrainSettings(
+        include=args.include or ["*"], organ=args.organ, latent_dim=args.latent_dim,
+        hidden=[int(h) for h in args.hidden.split(",")], level=args.level, steps=args.steps, batch=args.batch,
+        points=args.points, lr=args.lr, lambda_reg=args.lambda_reg, lambda_n=args.lambda_n,
+        augment=args.augment, seed=args.seed,
+    )
+    command = "shapeprior " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("shapeprior") else ""
+    path = train_dals(args.dataset, args.out, settings, command=command, progress=not args.quiet, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
+    p.add_argument("--out-model", help="fitted surface, LPS mm (.vtk/.vtp for Slicer, or .stl/.ply/.obj)")
+    p.add_argument("--out-seg", help="segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd)")
+    p.add_argument("--reference", help="image whose grid --out-seg uses (default: the input labelmap)")
+    p.add_argument("--report", help="JSON report: residuals, pose, iterations, time")
+    p.add_argument("--level", type=int, default=4, help="icosphere level of the fitted surface")
+    p.add_argument("--global-steps", type=int, default=60, help="steps of the single-latent stage")
+    p.add_argument("--vertex-steps", type=int, default=100, help="steps of the per-vertex-latent stage")
+    p.add_argument("--lambda-dir", type=float, default=100.0, help="smoothness weight of per-vertex latents")
+    p.add_argument("--lambda-reg", type=float, default=0.01, help="triangle-quality weight")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _fit_settings(args: argparse.Namespace):
+    from .fit.dals_fit import FitSettings
+
+    return FitSettings(
+        level=args.level, global_steps=args.global_steps, vertex_steps=args.vertex_steps,
+        lambda_dir=args.lambda_dir, lambda_reg=args.lambda_reg, seed=args.seed,
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    outputs = [args.out_model, args.out_seg, args.report]
+    if not any(outputs):
+        raise InputError(None, "nothing to write: give --out-model, --out-seg and/or --report")
+    for path in filter(None, outputs):
+        if os.path.exists(path) and not args.overwrite:
+            raise InputError(path, "exists; pass --overwrite to replace it")
+
+
+def _progress_bar(quiet: bool):
+    bar = tqdm(total=100, desc="fit", disable=quiet, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def update(fraction: float, stage: str) -> None:
+        bar.set_description(stage, refresh=False)
+        bar.update(round(100 * fraction) - bar.n)
+
+    return bar, update
+
+
+def _write_fit_outputs(args: argparse.Namespace, fit, reference_image) -> None:
+    from .io import write_json, write_mesh
+    from .io.labelmaps import mesh_to_labelmap, write_labelmap
+
+    # Everything is computed before anything is written, so a failure leaves no partial set.
+    labelmap = None
+    if args.out_seg:
+        if reference_image is None:
+            raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
+        labelmap = mesh_to_labelmap(fit.result.mesh, reference_image)
+    if args.out_model:
+        write_mesh(fit.result.mesh, args.out_model)
+    if labelmap is not None:
+        write_labelmap(labelmap, args.out_seg, name=fit.bundle.organ)
+    if args.report:
+        write_json(fit.report, args.report)
+
+
+def _add_fit_contours(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-contours",
+        help="closed curves on a few planes -> whole organ surface and segmentation",
+        description="Fit a DALS shape model to closed planar curves: Slicer markups (.mrk.json, ClosedCurve, "
+        "LPS or RAS) or a labelmap with a few painted slices on any axes (.nii.gz, .nrrd, .seg.nrrd).",
+    )
+    p.add_argument("input", help="curves (.mrk.json) or a sparsely painted labelmap")
+    p.add_argument("--label", help="label value(s) of a labelmap input")
+    _add_fit_options(p)
+    p.set_defaults(run=_run_fit_contours)
+
+
+def _run_fit_contours(args: argparse.Namespace) -> int:
+    from .fit.run import fit_curves
+    from .io import read_image, read_mask
+    from .io.images import parse_labels
+    from .io.labelmaps import painted_slice_contours
+    from .io.markups import read_closed_curves
+
+    _check_outputs(args)
+    reference = read_image(args.reference) if args.reference else None
+    if args.input.lower().endswith(".mrk.json"):
+        curves = read_closed_curves(args.input)
+    else:
+        mask = read_mask(args.input, parse_labels(args.label))
+        curves = painted_slice_contours(mask, args.input)
+        reference = reference or mask
+    bar, update = _progress_bar(args.quiet)
+    with bar:
+        fit = fit_curves(curves, args.model, _fit_settings(args), args.input, progress=update)
+    _write_fit_outputs(args, fit, reference)
+    worst = max(r["max_mm"] for r in fit.report["residuals"])
+    mean = float(np.mean([r["mean_mm"] for r in fit.report["residuals"]]))
+    print(f"fitted {fit.bundle.organ} to {len(curves)} curves on {fit.report['planes']} planes in "
+          f"{fit.result.seconds:.1f} s: contour residual mean {mean:.2f} mm, max {worst:.2f} mm")
+    return 0
+
+
+def _add_fit_points(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-points", help="point cloud -> organ surface and segmentation")
+    p.add_argument("input", help="points: .mrk.json point list, .ply or .xyz (LPS mm)")
+    _add_fit_options(p)
+    p.set_defaults(run=_run_fit_points)
+
+
+def _run_fit_points(args: argparse.Namespace) -> int:
+    from .fit.run import fit_points, read_point_cloud
+    from .io import read_image
+
+    _check_outputs(args)
+    reference = read_image(args.reference) if args.reference else None
+    points = read_point_cloud(args.input)
+    bar, update = _progress_bar(args.quiet)
+    with bar:
+        fit = fit_points(points, args.model, _fit_settings(args), args.input, progress=update)
+    _write_fit_outputs(args, fit, reference)
+    print(f"fitted {fit.bundle.organ} to {len(points)} points in {fit.result.seconds:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shapeprior", description="Deep statistical shape priors for organ delineation.")
+    parser.add_argument("--version", action="version", version=f"shapeprior {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_train_dals(sub)
+    _add_fit_contours(sub)
+    _add_fit_points(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as err:
+        print(f"shapeprior: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shapeprior: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Fitting a DALS decoder to planar contours or point clouds in patient space (LPS mm).
+
+Two stages, each optimising the similarity pose (model unit sphere -> LPS mm) too:
+1. one global latent (stays in the learned shape space: robust far from the data);
+2. per-vertex latents Z, started from the global one, with the Dirichlet-type prior
+   lambda_dir * Tr(Z^T L^p Z) keeping neighbouring latents alike, so the surface can
+   follow the drawn curves locally while staying smooth.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import trimesh
+
+from ..geometry import (
+    chamfer_distance,
+    icosphere,
+    laplacian_energy,
+    matrix_to_rotation_6d,
+    nearest_distances,
+    quality_loss,
+    rotation_6d_to_matrix,
+    sample_plane_intersection,
+    sample_surface,
+    uniform_laplacian,
+)
+from ..models.dals import DALSDecoder
+from ..transform import Similarity
+from .contours import Plane
+
+
+class FitCancelled(RuntimeError):
+    """Raised inside a fit when its ``should_stop`` callback returns True."""
+
+
+@dataclass
+class FitSettings:
+    level: int = 4
+    global_steps: int = 60
+    vertex_steps: int = 100
+    lr: float = 1e-2
+    lambda_reg: float = 0.01
+    lambda_dir: float = 100.0
+    laplacian_power: int = 2
+    samples: int = 400
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    mesh: trimesh.Trimesh  # LPS mm
+    pose: Similarity  # model unit sphere -> LPS mm
+    seconds: float
+    iterations: int
+    history: list[dict] = field(default_factory=list)
+
+
+class Task(Protocol):
+    points: np.ndarray  # (N, 3) LPS mm: all target points, for the pose start
+
+    def loss(self, verts: torch.Tensor, faces: torch.Tensor, g: torch.Generator) -> torch.Tensor: ...
+
+
+class ContourTask:
+    """Chamfer between the surface's cut with each plane and the curves drawn on it.
+
+    Distances are measured in ``unit_mm`` units so loss weights do not depend on organ size.
+    """
+
+    def __init__(self, planes: list[Plane], samples: int, unit_mm: float):
+        self.planes = planes
+        self.samples = samples
+        self.unit_mm = unit_mm
+        self.points = np.concatenate([p.points for p in planes])
+        self._targets = [torch.tensor(p.points, dtype=torch.float32) for p in planes]
+        self._origins = [torch.tensor(p.origin, dtype=torch.float32) for p in planes]
+        self._normals = [torch.tensor(p.normal, dtype=torch.float32) for p in planes]
+
+    def loss(self, verts: torch.Tensor, faces: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        losses = []
+        for target, origin, normal in zip(self._targets, self._origins, self._normals):
+            cut = sample_plane_intersection(verts, faces, origin, normal, self.samples, generator=g)
+            if len(cut) == 0:  # the surface misses this plane: pull its vertices towards the curve
+                losses.append(nearest_distances(target, verts, squared=True).mean() / self.unit_mm**2)
+            else:
+                losses.append(chamfer_distance(cut / self.unit_mm, target / self.unit_mm))
+        return torch.stack(losses).mean()
+
+
+class PointTask:
+    """Chamfer between surface samples and a point cloud (LPS mm)."""
+
+    def __init__(self, points: np.ndarray, samples: int, unit_mm: float):
+        self.points = np.asarray(points, dtype=np.float64)
+        self.samples = samples
+        self.unit_mm = unit_mm
+        self._target = torch.tensor(self.points, dtype=torch.float32)
+
+    def loss(self, verts: torch.Tensor, faces: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        samples = sample_surface(verts, faces, max(self.samples, len(self.points)), generator=g)
+        return chamfer_distance(samples / self.unit_mm, self._target / self.unit_mm)
+
+
+class Pose(torch.nn.Module):
+    """Similarity pose ``mm = s * R v + t`` with log-scale and 6D rotation parameters.
+
+    Translation is optimised in units of the initial scale so all parameters move alike.
+    """
+
+    def __init__(self, start: Similarity):
+        super().__init__()
+        self.t0 = torch.tensor(start.translation, dtype=torch.float32)
+        self.s0 = float(start.scale)
+        self.shift = torch.nn.Parameter(torch.zeros(3))
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))
+        self.rot6d = torch.nn.Parameter(matrix_to_rotation_6d(torch.tensor(start.rotation, dtype=torch.float32)))
+
+    def forward(self, verts: torch.Tensor) -> torch.Tensor:
+        """(V, 3) unit-sphere vertices -> (V, 3) LPS mm."""
+        rotation = rotation_6d_to_matrix(self.rot6d)
+        return self.s0 * torch.exp(self.log_scale) * verts @ rotation.T + self.t0 + self.s0 * self.shift
+
+    def similarity(self) -> Similarity:
+        with torch.no_grad():
+            return Similarity(
+                self.s0 * float(torch.exp(self.log_scale)),
+                rotation_6d_to_matrix(self.rot6d).double().numpy(),
+                (self.t0 + self.s0 * self.shift).double().numpy(),
+            )
+
+
+def initial_pose(mean_verts: np.ndarray, target_points: np.ndarray) -> Similarity:
+    """Identity rotation; scale and translation matching the bounding boxes.
+
+    The model frame keeps the training scans' patient axes, so the identity is a
+    good rotation start; the box of the drawn curves spans the organ's extent.
+    """
+    lo, hi = target_points.min(0), target_points.max(0)
+    mlo, mhi = mean_verts.min(0), mean_verts.max(0)
+    spans = (hi - lo) / np.maximum(mhi - mlo, 1e-6)
+    observed = (hi - lo) > 1e-3 * (hi - lo).max()  # axes the curves really span
+    scale = float(np.median(spans[observed]))
+    return Similarity(scale, np.eye(3), (lo + hi) / 2 - scale * (mlo + mhi) / 2)
+
+
+def fit_dals(
+    decoder: DALSDecoder,
+    latent_mean: torch.Tensor,
+    make_task: Callable[[float], Task],
+    settings: FitSettings = FitSettings(),
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Fit pose and latents to the task; return the surface in LPS mm.
+
+    ``make_task(unit_mm)`` builds the task once the initial scale (mm per model unit)
+    is known. ``progress(fraction, stage)`` is called every step; ``should_stop()``
+    returning True raises :class:`FitCancelled`.
+    """
+    began = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    g = torch.Generator().manual_seed(settings.seed)
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    template, faces = icosphere(settings.level)
+    with torch.no_grad():
+        mean_verts = decoder(template, latent_mean[None])[0]
+    task0_points = make_task(1.0).points
+    start = initial_pose(mean_verts.numpy(), task0_points)
+    task = make_task(start.scale)
+    pose = Pose(start)
+    total = settings.global_steps + settings.vertex_steps
+    history: list[dict] = []
+
+    def run(stage: str, latent: torch.nn.Parameter, steps: int, extra: Callable[[], torch.Tensor], done: int) -> None:
+        optimiser = torch.optim.Adam([latent, *pose.parameters()], lr=settings.lr)
+        for step in range(steps):
+            if should_stop is not None and should_stop():
+                raise FitCancelled("fit cancelled")
+            verts_unit = decoder(template, latent[None])[0]
+            verts = pose(verts_unit)
+            task_loss = task.loss(verts, faces, g)
+            loss = task_loss + settings.lambda_reg * quality_loss(verts_unit, faces) + extra()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            history.append({"stage": stage, "task": float(task_loss), "loss": float(loss)})
+            if progress is not None:
+                progress((done + step + 1) / total, stage)
+
+    z = torch.nn.Parameter(latent_mean.clone())
+    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0)
+    laplacian = uniform_laplacian(faces, len(template))
+    z_vertex = torch.nn.Parameter(z.detach()[None].repeat(len(template), 1))
+    run(
+        "per-vertex latents", z_vertex, settings.vertex_steps,
+        lambda: settings.lambda_dir * laplacian_energy(z_vertex, laplacian, settings.laplacian_power),
+        settings.global_steps,
+    )
+    with torch.no_grad():
+        verts_mm = pose(decoder(template, z_vertex[None])[0]).double().numpy()
+    mesh = trimesh.Trimesh(verts_mm, faces.numpy(), process=False)
+    return FitResult(mesh, pose.similarity(), time.perf_counter() - began, total, history)
+
+
+def contour_residuals(mesh: trimesh.Trimesh, planes: list[Plane]) -> list[dict]:
+    """Per drawn curve: mean and max distance (mm) from its points to the surface's cut."""
+    verts = torch.tensor(mesh.vertices, dtype=torch.float64)
+    faces = torch.tensor(mesh.faces, dtype=torch.long)
+    rows = []
+    for index, plane in enumerate(planes):
+        segments = sample_plane_intersection(
+            verts, faces, torch.tensor(plane.origin), torch.tensor(plane.normal), 20000,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for curve_id, curve in zip(plane.curve_ids, plane.curves):
+            if len(segments) == 0:
+                mean = worst = float("inf")
+            else:
+                d = nearest_distances(torch.tensor(curve), segments).numpy()
+                mean, worst = float(d.mean()), float(d.max())
+            rows.append({"curve": curve_id + 1, "plane": index + 1, "mean_mm": mean, "max_mm": worst})
+    return sorted(rows, key=lambda r: r["curve"])

@@ -1,0 +1,132 @@
+"""Surface mesh reading and writing; ``trimesh.Trimesh`` is the one mesh type.
+
+Files hold LPS millimetres. Legacy ``.vtk`` files written by Slicer carry
+``SPACE=RAS`` or ``SPACE=LPS`` in their header; RAS files are converted to LPS on read,
+and ``.vtk`` files are written with ``SPACE=LPS`` so Slicer places them correctly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import trimesh
+import vtk
+from vtk.util import numpy_support
+
+from ..errors import InputError
+from .atomic import atomic_output
+
+MESH_SUFFIXES = (".obj", ".stl", ".ply", ".vtk", ".vtp", ".off")
+_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def polydata_to_trimesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputData(poly)
+    tri.PassLinesOff()
+    tri.PassVertsOff()
+    tri.Update()
+    out = tri.GetOutput()
+    if out.GetNumberOfPoints() == 0:
+        return trimesh.Trimesh()
+    verts = numpy_support.vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
+    cells = numpy_support.vtk_to_numpy(out.GetPolys().GetConnectivityArray())
+    faces = cells.reshape(-1, 3).astype(np.int64)
+    return trimesh.Trimesh(verts, faces, process=False)
+
+
+def trimesh_to_polydata(mesh: trimesh.Trimesh, point_data: dict | None) -> vtk.vtkPolyData:
+    poly = vtk.vtkPolyData()
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(mesh.vertices, dtype=np.float64), deep=True))
+    poly.SetPoints(points)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    cells = vtk.vtkCellArray()
+    offsets = numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(faces) + 1, 3, dtype=np.int64), deep=True)
+    conn = numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(faces.ravel()), deep=True)
+    cells.SetData(offsets, conn)
+    poly.SetPolys(cells)
+    for name, values in (point_data or {}).items():
+        array = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float32), deep=True)
+        array.SetName(name)
+        poly.GetPointData().AddArray(array)
+    return poly
+
+
+def _read_vtk(path: Path) -> trimesh.Trimesh:
+    if _suffix(path) == ".vtp":
+        reader = vtk.vtkXMLPolyDataReader()
+    else:
+        reader = vtk.vtkPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    if poly is None or poly.GetNumberOfPoints() == 0:
+        raise InputError(path, "not a readable VTK surface (no points)")
+    mesh = polydata_to_trimesh(poly)
+    if _suffix(path) == ".vtk" and "SPACE=RAS" in (reader.GetHeader() or ""):
+        # diag(-1, -1, 1) has determinant +1 (a half-turn about z, not a reflection),
+        # so the faces keep their outward orientation: do not invert them.
+        mesh.vertices = mesh.vertices * _RAS_TO_LPS
+    return mesh
+
+
+def read_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
+    """Read a triangle surface (OBJ, STL, PLY, OFF, VTK, VTP) in LPS millimetres.
+
+    Rejects missing or unreadable files, meshes with no faces and non-finite coordinates.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    if _suffix(path) not in MESH_SUFFIXES:
+        raise InputError(path, f"unsupported mesh format (expected one of {', '.join(MESH_SUFFIXES)})")
+    try:
+        if _suffix(path) in (".vtk", ".vtp"):
+            mesh = _read_vtk(path)
+        else:
+            mesh = trimesh.load(path, force="mesh", process=False)
+    except InputError:
+        raise
+    except Exception as exc:  # trimesh raises many types on garbage input
+        raise InputError(path, f"not a readable mesh ({type(exc).__name__})") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InputError(path, "mesh has no faces")
+    if not np.isfinite(mesh.vertices).all():
+        raise InputError(path, "mesh has NaN or infinite coordinates")
+    # Merge duplicated vertices (OBJ exporters split them at seams) without reordering faces.
+    mesh.merge_vertices()
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, point_data: dict | None = None) -> None:
+    """Write ``mesh`` (LPS millimetres) atomically; the format follows the suffix.
+
+    ``point_data`` (name -> (V,) array) is kept in ``.vtk``/``.vtp`` files.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in MESH_SUFFIXES:
+        raise InputError(path, f"unsupported mesh format (expected one of {', '.join(MESH_SUFFIXES)})")
+    with atomic_output(path) as tmp:
+        if suffix in (".vtk", ".vtp"):
+            poly = trimesh_to_polydata(mesh, point_data)
+            if suffix == ".vtp":
+                writer = vtk.vtkXMLPolyDataWriter()
+            else:
+                writer = vtk.vtkPolyDataWriter()
+                writer.SetHeader("3D Slicer output. SPACE=LPS")
+                writer.SetFileVersion(42)  # readable by every Slicer 5 release
+            writer.SetFileName(str(tmp))
+            writer.SetInputData(poly)
+            if not writer.Write():
+                raise OSError(f"{path}: VTK writer failed")
+        else:
+            mesh.export(tmp, file_type=suffix[1:])

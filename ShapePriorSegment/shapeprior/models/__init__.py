@@ -1,0 +1,1 @@
+"""Shape models: the bundle format and the decoders."""

@@ -1,0 +1,135 @@
+"""Shared fixtures: synthetic masks and meshes with known geometry, and small slices of the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import trimesh
+from scipy.spatial.transform import Rotation
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def rotation(degrees: float, axis=(1.0, 2.0, 3.0)) -> np.ndarray:
+    """Proper 3x3 rotation by ``degrees`` about ``axis``."""
+    axis = np.asarray(axis, dtype=np.float64)
+    return Rotation.from_rotvec(np.deg2rad(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+
+
+def ellipsoid_array(
+    radii,
+    spacing=(1.0, 1.0, 1.0),
+    direction=np.eye(3),
+    centre=(0.0, 0.0, 0.0),
+    axes=np.eye(3),
+    size=None,
+    label: int = 1,
+    margin: int = 6,
+):
+    """Voxel grid holding a solid ellipsoid defined in physical (LPS) space.
+
+    The ellipsoid has semi-axes ``radii`` along the columns of ``axes`` and centre
+    ``centre`` (mm); the grid (``spacing``, ``direction``) is centred on it.
+    Returns ``(array (k, j, i) of uint8, spacing, origin, direction)``.
+    """
+    radii = np.asarray(radii, dtype=np.float64)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    centre = np.asarray(centre, dtype=np.float64)
+    if size is None:
+        size = np.ceil(2 * radii.max() / spacing).astype(int) + margin
+    size = np.asarray(size, dtype=int)
+    origin = centre - direction @ (spacing * (size - 1) / 2)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")
+    index = np.stack([i, j, k], axis=-1).astype(np.float64)
+    physical = origin + (index * spacing) @ direction.T
+    local = (physical - centre) @ np.asarray(axes, dtype=np.float64)
+    inside = ((local / radii) ** 2).sum(-1) <= 1.0
+    return (inside * label).astype(np.uint8), spacing, origin, direction
+
+
+def ellipsoid_image(radii, **kwargs) -> sitk.Image:
+    """:func:`ellipsoid_array` as a SimpleITK label image with its geometry set."""
+    array, spacing, origin, direction = ellipsoid_array(radii, **kwargs)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(origin.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    return image
+
+
+def ellipsoid_mesh(radii, centre=(0.0, 0.0, 0.0), axes=np.eye(3), subdivisions: int = 4) -> trimesh.Trimesh:
+    """Closed, outward-oriented triangulated ellipsoid (a scaled icosphere)."""
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    vertices = (sphere.vertices * np.asarray(radii, dtype=np.float64)) @ np.asarray(axes, dtype=np.float64).T
+    return trimesh.Trimesh(vertices + np.asarray(centre, dtype=np.float64), sphere.faces.copy(), process=False)
+
+
+def canonical_triangles(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(F, 9) triangle corners, independent of vertex and face order but not of orientation.
+
+    Each face is cyclically rotated so its lexicographically smallest corner comes first
+    (a rotation keeps the winding), then faces are sorted.
+    """
+    tri = np.asarray(mesh.triangles, dtype=np.float64)  # (F, 3, 3)
+    first = np.array([min(range(3), key=lambda c: tuple(t[c])) for t in tri])
+    rolled = np.stack([np.roll(t, -f, axis=0) for t, f in zip(tri, first)])
+    flat = rolled.reshape(len(rolled), 9)
+    return flat[np.lexsort(flat.T[::-1])]
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Temporary files left by atomic writes anywhere under ``folder``."""
+    return sorted(p for p in Path(folder).rglob(".*.tmp*"))
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: (size, mtime_ns, bytes)} for every file under ``folder``."""
+    folder = Path(folder)
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def helpers() -> SimpleNamespace:
+    """The module-level helpers above, for tests (conftest modules are not imported directly)."""
+    return SimpleNamespace(
+        **{fn.__name__: fn for fn in (rotation, ellipsoid_array, ellipsoid_image, ellipsoid_mesh,
+                                      canonical_triangles, temp_files, snapshot)}
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared data folder {DATA_DIR} is absent")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def liver_paths(data_dir) -> list[Path]:
+    """Three liver surface meshes (OBJ, LPS mm; they have small holes)."""
+    paths = sorted((data_dir / "liver-meshes").glob("*.obj"))[:3]
+    if len(paths) < 3:
+        pytest.skip(f"fewer than 3 liver meshes in {data_dir / 'liver-meshes'}")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def hippocampus_paths(data_dir) -> list[tuple[Path, Path]]:
+    """Three (label, image) pairs of hippocampus volumes (labels 1 and 2, 1 mm voxels)."""
+    labels = sorted((data_dir / "hippocampus" / "labels").glob("*.nii.gz"))[:3]
+    pairs = [(p, data_dir / "hippocampus" / "images" / p.name) for p in labels]
+    if len(pairs) < 3 or not all(img.is_file() for _, img in pairs):
+        pytest.skip(f"fewer than 3 hippocampus label/image pairs in {data_dir / 'hippocampus'}")
+    return pairs
