@@ -110,6 +110,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-seg", help="segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd)")
     p.add_argument("--reference", help="image whose grid --out-seg uses (default: the input labelmap)")
     p.add_argument("--report", help="JSON report: residuals, pose, iterations, time")
+    p.add_argument("--out-scene", help="Slicer scene bundle (.mrb): volume (--reference), curves, model, segmentation")
     p.add_argument("--level", type=int, default=4, help="icosphere level of the fitted surface")
     p.add_argument("--global-steps", type=int, default=60, help="steps of the single-latent stage")
     p.add_argument("--vertex-steps", type=int, default=100, help="steps of the per-vertex-latent stage")
@@ -129,9 +130,16 @@ def _fit_settings(args: argparse.Namespace):
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    outputs = [args.out_model, args.out_seg, args.report]
+    outputs = [args.out_model, args.out_seg, args.report, args.out_scene]
     if not any(outputs):
-        raise InputError(None, "nothing to write: give --out-model, --out-seg and/or --report")
+        raise InputError(None, "nothing to write: give --out-model, --out-seg, --report and/or --out-scene")
+    if args.out_scene:
+        if not args.out_scene.lower().endswith(".mrb"):
+            raise InputError(args.out_scene, "a scene bundle must end in .mrb")
+        try:
+            import slicer_core  # noqa: F401  (the MRML bridge needs the slicer extra)
+        except ImportError:
+            raise InputError(args.out_scene, "needs slicer-core: pip install 'shapeprior[slicer]'") from None
     for path in filter(None, outputs):
         if os.path.exists(path) and not args.overwrite:
             raise InputError(path, "exists; pass --overwrite to replace it")
@@ -147,7 +155,7 @@ def _progress_bar(quiet: bool):
     return bar, update
 
 
-def _write_fit_outputs(args: argparse.Namespace, fit, reference_image) -> None:
+def _write_fit_outputs(args: argparse.Namespace, fit, reference_image, curves: list) -> None:
     from .io import write_json, write_mesh
     from .io.labelmaps import mesh_to_labelmap, write_labelmap
 
@@ -163,6 +171,11 @@ def _write_fit_outputs(args: argparse.Namespace, fit, reference_image) -> None:
         write_labelmap(labelmap, args.out_seg, name=fit.bundle.organ)
     if args.report:
         write_json(fit.report, args.report)
+    if args.out_scene:
+        from .mrml.scene import write_scene_bundle
+
+        volume = args.reference if getattr(args, "reference", None) else None
+        write_scene_bundle(args.out_scene, curves, fit.result.mesh, fit.bundle.organ, volume_path=volume, report=fit.report)
 
 
 def _add_fit_contours(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +209,7 @@ def _run_fit_contours(args: argparse.Namespace) -> int:
     bar, update = _progress_bar(args.quiet)
     with bar:
         fit = fit_curves(curves, args.model, _fit_settings(args), args.input, progress=update)
-    _write_fit_outputs(args, fit, reference)
+    _write_fit_outputs(args, fit, reference, curves)
     worst = max(r["max_mm"] for r in fit.report["residuals"])
     mean = float(np.mean([r["mean_mm"] for r in fit.report["residuals"]]))
     print(f"fitted {fit.bundle.organ} to {len(curves)} curves on {fit.report['planes']} planes in "
@@ -221,9 +234,46 @@ def _run_fit_points(args: argparse.Namespace) -> int:
     bar, update = _progress_bar(args.quiet)
     with bar:
         fit = fit_points(points, args.model, _fit_settings(args), args.input, progress=update)
-    _write_fit_outputs(args, fit, reference)
+    _write_fit_outputs(args, fit, reference, [])
     print(f"fitted {fit.bundle.organ} to {len(points)} points in {fit.result.seconds:.1f} s")
     return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="fit the shipped liver model to the bundled sample contours",
+        description="Three orthogonal contours of an AMOS liver (Resources/SampleData) -> whole liver: "
+        "writes a model (.vtk, LPS), a segmentation (.seg.nrrd), a report and, with slicer-core, a scene (.mrb).",
+    )
+    p.add_argument("--out", default="shapeprior-demo", help="output folder (default: ./shapeprior-demo)")
+    p.add_argument("--model", default="liver")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .models.bundle import models_dir
+
+    sample = models_dir().parent / "SampleData"
+    out = args.out
+    argv = [
+        "fit-contours", str(sample / "liver-contours.mrk.json"), "--model", args.model,
+        "--reference", str(sample / "liver-painted.nii.gz"),
+        "--out-model", os.path.join(out, "liver.vtk"), "--out-seg", os.path.join(out, "liver.seg.nrrd"),
+        "--report", os.path.join(out, "report.json"),
+    ]
+    try:
+        import slicer_core  # noqa: F401
+
+        argv += ["--out-scene", os.path.join(out, "liver.mrb")]
+    except ImportError:
+        pass
+    if args.overwrite:
+        argv.append("--overwrite")
+    sub_args = build_parser().parse_args((["-q"] if args.quiet else []) + argv)
+    code = sub_args.run(sub_args)
+    print(f"demo outputs in {out}/ (open liver.mrb in 3D Slicer, or load liver.vtk and liver.seg.nrrd)")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_dals(sub)
     _add_fit_contours(sub)
     _add_fit_points(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -10,12 +10,15 @@ Two stages, each optimising the similarity pose (model unit sphere -> LPS mm) to
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import trimesh
+from scipy import sparse
+from scipy.sparse.linalg import eigsh
 
 from ..geometry import (
     chamfer_distance,
@@ -44,9 +47,11 @@ class FitSettings:
     global_steps: int = 60
     vertex_steps: int = 100
     lr: float = 1e-2
+    vertex_lr: float = 1e-2
     lambda_reg: float = 0.01
     lambda_dir: float = 100.0
     laplacian_power: int = 2
+    vertex_modes: int = 48
     samples: int = 400
     seed: int = 0
 
@@ -134,6 +139,23 @@ class Pose(torch.nn.Module):
             )
 
 
+@lru_cache(maxsize=4)
+def laplacian_modes(level: int, count: int) -> torch.Tensor:
+    """(V, count) smoothest eigenvectors of the icosphere's uniform Laplacian, constant one excluded.
+
+    Per-vertex latents are fitted as ``Z = z + modes @ C``: the prior Tr(Z^T L^p Z) is
+    diagonal in this basis, so the optimiser moves smooth latent fields directly
+    instead of diffusing them vertex by vertex; ``count`` truncates the finest modes.
+    """
+    verts, faces = icosphere(level)
+    num_verts = len(verts)
+    lap = uniform_laplacian(faces, num_verts).coalesce()
+    laplacian = sparse.coo_matrix((lap.values().double().numpy(), tuple(lap.indices().numpy())), shape=(num_verts,) * 2)
+    count = min(count, num_verts - 2)
+    _, vectors = eigsh(laplacian.tocsc(), k=count + 1, sigma=-1e-3, which="LM")
+    return torch.tensor(vectors[:, 1:], dtype=torch.float32)
+
+
 def initial_pose(mean_verts: np.ndarray, target_points: np.ndarray) -> Similarity:
     """Identity rotation; scale and translation matching the bounding boxes.
 
@@ -177,33 +199,42 @@ def fit_dals(
     total = settings.global_steps + settings.vertex_steps
     history: list[dict] = []
 
-    def run(stage: str, latent: torch.nn.Parameter, steps: int, extra: Callable[[], torch.Tensor], done: int) -> None:
-        optimiser = torch.optim.Adam([latent, *pose.parameters()], lr=settings.lr)
+    def run(stage: str, latent: torch.nn.Parameter, steps: int, extra: Callable[[], torch.Tensor], done: int,
+            latent_lr: float, latents: Callable[[], torch.Tensor]) -> None:
+        optimiser = torch.optim.Adam(
+            [{"params": [latent], "lr": latent_lr}, {"params": pose.parameters()}], lr=settings.lr
+        )
         for step in range(steps):
             if should_stop is not None and should_stop():
                 raise FitCancelled("fit cancelled")
-            verts_unit = decoder(template, latent[None])[0]
+            verts_unit = decoder(template, latents()[None])[0]
             verts = pose(verts_unit)
             task_loss = task.loss(verts, faces, g)
             loss = task_loss + settings.lambda_reg * quality_loss(verts_unit, faces) + extra()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            history.append({"stage": stage, "task": float(task_loss), "loss": float(loss)})
+            history.append({"stage": stage, "task": task_loss.item(), "loss": loss.item()})
             if progress is not None:
                 progress((done + step + 1) / total, stage)
 
     z = torch.nn.Parameter(latent_mean.clone())
-    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0)
+    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0, settings.lr, lambda: z)
     laplacian = uniform_laplacian(faces, len(template))
-    z_vertex = torch.nn.Parameter(z.detach()[None].repeat(len(template), 1))
+    modes = laplacian_modes(settings.level, settings.vertex_modes)
+    coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]))
+    z_fixed = z.detach()
+
+    def vertex_latents() -> torch.Tensor:
+        return z_fixed + modes @ coefficients
+
     run(
-        "per-vertex latents", z_vertex, settings.vertex_steps,
-        lambda: settings.lambda_dir * laplacian_energy(z_vertex, laplacian, settings.laplacian_power),
-        settings.global_steps,
+        "per-vertex latents", coefficients, settings.vertex_steps,
+        lambda: settings.lambda_dir * laplacian_energy(vertex_latents(), laplacian, settings.laplacian_power),
+        settings.global_steps, settings.vertex_lr, vertex_latents,
     )
     with torch.no_grad():
-        verts_mm = pose(decoder(template, z_vertex[None])[0]).double().numpy()
+        verts_mm = pose(decoder(template, vertex_latents()[None])[0]).double().numpy()
     mesh = trimesh.Trimesh(verts_mm, faces.numpy(), process=False)
     return FitResult(mesh, pose.similarity(), time.perf_counter() - began, total, history)
 

@@ -1,0 +1,699 @@
+"""ShapePriorSegment: a whole organ from a few contours, with a deep statistical shape prior.
+
+A thin 3D Slicer front end. The computation lives in the pip-installable core package
+``shapeprior`` beside this file; its Qt-free MRML bridge (``shapeprior.mrml.bridge``)
+reads the annotation from the scene and writes the model and segment back, and is
+tested with pytest against slicer-core. This file only wires the panel to it.
+"""
+
+import importlib
+import logging
+import os
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLModelNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+if MODULE_DIR not in sys.path:  # the bundled core package sits beside this file
+    sys.path.insert(0, MODULE_DIR)
+
+# Python packages of the core that Slicer does not bundle (numpy, SimpleITK and VTK come
+# with Slicer); kept equal to pyproject.toml by a test. torch is installed through the PyTorch extension when that is present.
+PIP_REQUIREMENTS = [
+    "scipy>=1.10", "trimesh>=4.0", "fast-simplification>=0.1", "pycpd>=2.0", "scikit-image>=0.21", "libigl>=2.5",
+    "tqdm>=4.60",
+]
+TORCH_REQUIREMENT = "torch>=2.1"
+SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
+LOAD_MODEL_ITEM = "Load model file..."
+ANNOTATION_MODES = ("curves", "painted", "mask")
+
+
+def resourcePath(relativePath: str) -> str:
+    """A resource beside the module (installed extension) or one folder up (source tree)."""
+    roots = [os.path.join(MODULE_DIR, "Resources"), os.path.join(os.path.dirname(MODULE_DIR), "Resources")]
+    for root in roots:
+        if os.path.exists(os.path.join(root, relativePath)):
+            return os.path.join(root, relativePath)
+    return os.path.join(roots[0], relativePath)
+
+
+def _nodeId(node):
+    return node.GetID() if node else None
+
+
+#
+# ShapePriorSegment
+#
+
+
+class ShapePriorSegment(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Shape Prior Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ShapePriorSegment developers"]
+        self.parent.helpText = _("""
+Delineate a whole organ from a few contours. Draw closed curves on a few slices of at
+least two different views (for example one axial, one sagittal and one coronal), or paint
+a few slices in the Segment Editor, or pick a CNN mask to refine; choose the organ's shape
+model and press <b>Fit</b>. A learned statistical shape prior completes the organ between
+the contours. The result is a smooth model and a segment (closed surface) named after the
+organ; the <b>Quality check</b> section lists how far each contour is from the surface and
+colors the surface by its distance to the annotation.
+""")
+        self.parent.acknowledgementText = _("""
+The shape priors follow <i>Deep Active Latent Surfaces for Medical Geometries</i> (DALS, 2022)
+and <i>Deep Implicit Statistical Shape Models for 3D Medical Image Delineation</i>
+(DISSM; Raju et al., AAAI 2022). The bundled liver model was trained on surfaces from
+AMOS: A Large-Scale Abdominal Multi-Organ Benchmark (Ji et al., NeurIPS 2022), CC BY 4.0.
+""")
+        iconPath = resourcePath("Icons/ShapePriorSegment.png")
+        if os.path.isfile(iconPath):  # the source tree keeps Resources one folder up
+            self.parent.icon = qt.QIcon(iconPath)
+
+
+#
+# ShapePriorSegmentParameterNode
+#
+
+
+@parameterNodeWrapper
+class ShapePriorSegmentParameterNode:
+    """The panel's state, saved with the scene.
+
+    inputVolume - image the organ is delineated on (grid of the segment's labelmap).
+    model - a bundled model's organ name, or the path of a .pt model bundle.
+    annotationMode - "curves", "painted" (Segment Editor strokes) or "mask" (CNN mask).
+    outputSegmentation - receives the fitted segment (none: a new segmentation).
+    level, globalSteps, vertexSteps, smoothness - fit settings.
+    colorByDistance - color the fitted surface by its distance to the annotation.
+    resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = "liver"
+    annotationMode: Annotated[str, Choice(list(ANNOTATION_MODES))] = "curves"
+    outputSegmentation: vtkMRMLSegmentationNode
+    level: Annotated[int, WithinRange(2, 6)] = 4
+    globalSteps: Annotated[int, WithinRange(1, 2000)] = 60
+    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 100
+    smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 100.0
+    colorByDistance: bool = True
+    resultModel: vtkMRMLModelNode
+    resultSegmentation: vtkMRMLSegmentationNode
+    resultSegmentName: str = ""
+
+
+#
+# ShapePriorSegmentWidget
+#
+
+
+class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. The fit runs in a worker thread; a timer polls it on the GUI thread,
+    which alone reads the inputs from the scene and writes the results to it."""
+
+    POLL_INTERVAL_MS = 100
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None  # the running FitJob
+        self._jobOutputs = {}
+        self._jobCurveNames = []
+        self._refitCurve = None  # the contour being drawn for "add contour and refit"
+        self._pollTimer = None
+
+    def resourcePath(self, filename: str) -> str:
+        return resourcePath(filename)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ShapePriorSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ShapePriorSegmentLogic()
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollFit)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(
+            self.logic.interactionNode(), slicer.vtkMRMLInteractionNode.InteractionModeChangedEvent,
+            self.onInteractionModeChanged,
+        )
+
+        self._populateModels()
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        self.ui.curvesRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("curves"))
+        self.ui.paintedRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("painted"))
+        self.ui.maskRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("mask"))
+        self.ui.placeRedButton.connect("clicked(bool)", lambda: self.onPlaceContour("Red"))
+        self.ui.placeYellowButton.connect("clicked(bool)", lambda: self.onPlaceContour("Yellow"))
+        self.ui.placeGreenButton.connect("clicked(bool)", lambda: self.onPlaceContour("Green"))
+        self.ui.contourNodesComboBox.connect("checkedNodesChanged()", self._checkCanFit)
+        self.ui.paintedSegmentSelector.connect("currentSegmentChanged(QString)", self._checkCanFit)
+        self.ui.maskLabelmapSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._checkCanFit)
+        self.ui.maskSegmentSelector.connect("currentSegmentChanged(QString)", self._checkCanFit)
+        self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.addContourButton.connect("clicked(bool)", self.onAddContourButton)
+        self.ui.colorByDistanceCheckBox.connect("toggled(bool)", self.onColorByDistance)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._stopJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onReload(self) -> None:
+        """Developer mode: re-import the core package too."""
+        self._stopJob()
+        for name in [n for n in sys.modules if n == "shapeprior" or n.startswith("shapeprior.")]:
+            del sys.modules[name]
+        super().onReload()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ---------------------------------------------------------------- parameter node
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanFit)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanFit)
+            self._showModel(self._parameterNode.model)
+            mode = self._parameterNode.annotationMode
+            {"curves": self.ui.curvesRadioButton, "painted": self.ui.paintedRadioButton,
+             "mask": self.ui.maskRadioButton}[mode].setChecked(True)
+            self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))
+        self._checkCanFit()
+
+    def _checkCanFit(self, caller=None, event=None) -> None:
+        busy = self._job is not None
+        ready = self._parameterNode is not None and self._annotationReady()
+        self.ui.fitButton.enabled = ready and not busy
+        self.ui.cancelButton.enabled = busy
+        hasResult = self._parameterNode is not None and self._parameterNode.resultModel is not None
+        self.ui.addContourButton.enabled = hasResult and not busy and self._parameterNode.annotationMode == "curves"
+
+    def _annotationReady(self) -> bool:
+        mode = self._parameterNode.annotationMode
+        if mode == "curves":
+            return len(self.ui.contourNodesComboBox.checkedNodes()) > 0
+        if mode == "painted":
+            return bool(self.ui.paintedSegmentSelector.currentSegmentID())
+        return bool(self.ui.maskLabelmapSelector.currentNode() or self.ui.maskSegmentSelector.currentSegmentID())
+
+    # ---------------------------------------------------------------- inputs
+
+    def _populateModels(self) -> None:
+        self.ui.modelComboBox.clear()
+        for organ in self.logic.shippedModels():
+            self.ui.modelComboBox.addItem(organ, organ)
+        self.ui.modelComboBox.addItem(_(LOAD_MODEL_ITEM), "")
+
+    def _showModel(self, model: str) -> None:
+        """Select ``model`` (organ name or .pt path) in the combobox, adding a file entry if needed."""
+        index = self.ui.modelComboBox.findData(model)
+        if index < 0 and model:
+            index = self.ui.modelComboBox.count - 1
+            self.ui.modelComboBox.insertItem(index, os.path.basename(model), model)
+        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+
+    def onModelActivated(self, index: int) -> None:
+        model = self.ui.modelComboBox.itemData(index)
+        if not model:  # "Load model file..."
+            model = qt.QFileDialog.getOpenFileName(
+                slicer.util.mainWindow(), _("Load shape model"), "", _("Shape model bundles (*.pt)"),
+            )
+        if model:
+            self._parameterNode.model = model
+        self._showModel(self._parameterNode.model)
+
+    def onAnnotationMode(self, mode: str) -> None:
+        self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))
+        if self._parameterNode:
+            self._parameterNode.annotationMode = mode
+
+    def onPlaceContour(self, viewName: str):
+        with slicer.util.tryWithErrorDisplay(_("Could not start drawing a contour."), waitCursor=False):
+            node = self.logic.startPlacingContour(viewName)
+            self.ui.contourNodesComboBox.setCheckState(node, qt.Qt.Checked)
+            self.ui.statusLabel.text = _(
+                "Click around the organ on the {view} view's current slice; right-click or double-click to finish."
+            ).format(view=viewName)
+            return node
+
+    def onAddContourButton(self) -> None:
+        self._refitCurve = self.onPlaceContour(self.ui.refitViewComboBox.currentText)
+        if self._refitCurve is not None:
+            self.ui.statusLabel.text += " " + _("The fit runs again when the contour is finished.")
+
+    def onInteractionModeChanged(self, caller, event) -> None:
+        curve, interaction = self._refitCurve, self.logic.interactionNode()
+        if curve is None or interaction.GetCurrentInteractionMode() == interaction.Place:
+            return
+        self._refitCurve = None
+        if slicer.mrmlScene.IsNodePresent(curve) and curve.GetNumberOfDefinedControlPoints() >= 3:
+            self._startFit(refit=True)
+
+    # ---------------------------------------------------------------- fitting
+
+    def onFitButton(self) -> None:
+        self._startFit(refit=False)
+
+    def onCancelButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def _ensureDependencies(self) -> bool:
+        missing = self.logic.missingDependencies()
+        if missing and not slicer.util.confirmOkCancelDisplay(
+            _("ShapePriorSegment needs these Python packages; install them now (this can take several minutes)?")
+            + "\n\n" + "\n".join(missing),
+        ):
+            return False
+        if missing:
+            self.ui.statusLabel.text = _("Installing Python packages...")
+            slicer.app.processEvents()
+            self.logic.ensureDependencies()
+        return True
+
+    def _annotationInputs(self) -> dict:
+        mode = self._parameterNode.annotationMode
+        if mode == "curves":
+            nodes = self.ui.contourNodesComboBox.checkedNodes()
+            self._jobCurveNames = [node.GetName() for node in nodes]
+            return {"curveNodes": nodes}
+        self._jobCurveNames = []
+        if mode == "painted":
+            selector = self.ui.paintedSegmentSelector
+            return {"segmentationNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
+        if self.ui.maskLabelmapSelector.currentNode():
+            return {"maskNode": self.ui.maskLabelmapSelector.currentNode()}
+        selector = self.ui.maskSegmentSelector
+        return {"maskNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
+
+    def _outputOptions(self, refit: bool):
+        """Where the result goes; None if the user cancelled the question about an existing segment."""
+        p = self._parameterNode
+        options = {"reference_volume_id": _nodeId(p.inputVolume)}
+        if refit and p.resultModel and p.resultSegmentation:
+            return {**options, "model_node_id": p.resultModel.GetID(), "segmentation_node_id": p.resultSegmentation.GetID(),
+                    "segment_name": p.resultSegmentName, "replace": True}
+        organ = self.logic.modelOrgan(p.model)
+        options.update(segmentation_node_id=_nodeId(p.outputSegmentation), replace=False)
+        if p.outputSegmentation and self.logic.segmentNameTaken(p.outputSegmentation, organ):
+            replace = self._askReplace(p.outputSegmentation.GetName(), organ)
+            if replace is None:
+                return None
+            options["replace"] = replace
+        return options
+
+    def _askReplace(self, segmentationName: str, segmentName: str):
+        """True: replace the segment; False: keep both; None: cancel."""
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle(_("Segment exists"))
+        box.setText(_("Segmentation '{segmentation}' already has a segment '{segment}'.").format(
+            segmentation=segmentationName, segment=segmentName))
+        replaceButton = box.addButton(_("Replace it"), qt.QMessageBox.DestructiveRole)
+        keepButton = box.addButton(_("Keep both"), qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        clicked = box.clickedButton()
+        return True if clicked == replaceButton else False if clicked == keepButton else None
+
+    def _startFit(self, refit: bool) -> None:
+        if self._job is not None:
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start the fit."), waitCursor=True):
+                if not self._ensureDependencies():
+                    return
+                p = self._parameterNode
+                annotation = self.logic.readAnnotation(p.annotationMode, **self._annotationInputs())
+                outputs = self._outputOptions(refit)
+                if outputs is None:
+                    return
+                self._jobOutputs = outputs
+                self._job = self.logic.startFit(annotation, p.model, self.logic.fitSettings(p))
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("Loading the shape model...")
+                self._pollTimer.start()
+        finally:
+            self._checkCanFit()
+
+    def onPollFit(self) -> None:
+        job = self._job
+        if job is None:
+            self._pollTimer.stop()
+            return
+        fraction, stage = job.progress
+        self.ui.progressBar.value = round(100 * fraction)
+        if not job.cancelled:
+            self.ui.statusLabel.text = _("Fitting: {stage}").format(stage=stage)
+        if not job.done:
+            return
+        self._pollTimer.stop()
+        self._job = None
+        self._checkCanFit()
+        self.ui.statusLabel.text = _("The fit failed.")
+        with slicer.util.tryWithErrorDisplay(_("The fit failed."), waitCursor=True):
+            result = self.logic.finishFit(job, **self._jobOutputs)
+            if result is None:
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+                return
+            self._showResult(result)
+
+    def _stopJob(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+
+    # ---------------------------------------------------------------- results
+
+    def _showResult(self, result: dict) -> None:
+        p = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
+        p.resultModel = slicer.mrmlScene.GetNodeByID(result["model_node_id"])
+        p.resultSegmentation = slicer.mrmlScene.GetNodeByID(result["segmentation_node_id"])
+        p.resultSegmentName = result["segment_name"]
+        if not p.outputSegmentation:
+            p.outputSegmentation = p.resultSegmentation
+        self.logic.setDistanceColoring(p.resultModel, p.colorByDistance)
+        report = result["report"]
+        residuals = report.get("residuals", [])
+        self._showResiduals(residuals)
+        text = _("Fitted {organ} in {seconds:.1f} s: segment '{segment}'.").format(
+            organ=report["organ"], seconds=report["seconds"], segment=result["segment_name"])
+        if residuals:
+            text += " " + _("Contour residual mean {mean:.1f} mm, max {max:.1f} mm.").format(
+                mean=sum(r["mean_mm"] for r in residuals) / len(residuals), max=max(r["max_mm"] for r in residuals))
+        self.ui.statusLabel.text = text
+        self.ui.progressBar.value = 100
+        if report["warnings"]:
+            for warning in report["warnings"]:
+                logging.warning(warning)
+            slicer.util.warningDisplay("\n\n".join(report["warnings"]), windowTitle=_("Shape fit"))
+
+    def _showResiduals(self, residuals: list) -> None:
+        table = self.ui.residualsTable
+        table.setRowCount(len(residuals))
+        for row, residual in enumerate(residuals):
+            index = residual["curve"] - 1
+            name = self._jobCurveNames[index] if index < len(self._jobCurveNames) else str(residual["curve"])
+            cells = [name, str(residual["plane"]), f"{residual['mean_mm']:.2f}", f"{residual['max_mm']:.2f}"]
+            for column, text in enumerate(cells):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+        table.resizeColumnsToContents()
+
+    def onColorByDistance(self, on: bool) -> None:
+        if self._parameterNode and self._parameterNode.resultModel:
+            self.logic.setDistanceColoring(self._parameterNode.resultModel, on)
+
+
+#
+# ShapePriorSegmentLogic
+#
+
+
+class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, without GUI: usable from Slicer's Python console.
+
+    The MRML work is in the Qt-free bridge ``shapeprior.mrml.bridge``; the core is
+    imported lazily because its dependencies may not be installed yet.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        # The core finds bundled models here (installed extension or source tree).
+        os.environ.setdefault("SHAPEPRIOR_MODELS", resourcePath("Models"))
+        self._organs = {}
+
+    def getParameterNode(self):
+        return ShapePriorSegmentParameterNode(super().getParameterNode())
+
+    # ---------------------------------------------------------------- dependencies
+
+    @staticmethod
+    def missingDependencies() -> list:
+        """Requirements (torch first) not satisfied in Slicer's Python."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.requirements import Requirement
+
+        missing = []
+        for text in [TORCH_REQUIREMENT, *PIP_REQUIREMENTS]:
+            requirement = Requirement(text)
+            try:
+                if requirement.specifier.contains(version(requirement.name), prereleases=True):
+                    continue
+            except PackageNotFoundError:
+                pass
+            missing.append(text)
+        return missing
+
+    def ensureDependencies(self) -> None:
+        """Install what is missing: torch through the PyTorch extension if present, the rest with pip."""
+        missing = self.missingDependencies()
+        if TORCH_REQUIREMENT in missing:
+            self._installTorch()
+        others = [r for r in missing if r != TORCH_REQUIREMENT]
+        if others:
+            self._pipEnsure(others)
+        still = self.missingDependencies()
+        if still:
+            raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
+
+    @classmethod
+    def _installTorch(cls) -> None:
+        try:
+            import PyTorchUtils
+        except ImportError:  # no PyTorch extension: the default wheel from pip
+            cls._pipEnsure([TORCH_REQUIREMENT])
+            return
+        versionRequirement = TORCH_REQUIREMENT[len("torch"):]
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=versionRequirement) is None:
+            raise RuntimeError(_("PyTorch could not be installed; install it with the PyTorch extension."))
+
+    @staticmethod
+    def _pipEnsure(requirements: list) -> None:
+        """``pip_ensure`` (slicer.packaging, Slicer >= 5.12; slicer.pydeps in 5.11), else ``pip_install``."""
+        for moduleName in ("slicer.packaging", "slicer.pydeps"):
+            try:
+                pipModule = importlib.import_module(moduleName)
+            except ImportError:
+                continue
+            if hasattr(pipModule, "pip_ensure"):
+                from packaging.requirements import Requirement
+
+                pipModule.pip_ensure([Requirement(r) for r in requirements], requester="ShapePriorSegment")
+                return
+        slicer.util.pip_install(requirements)
+
+    # ---------------------------------------------------------------- models
+
+    @staticmethod
+    def shippedModels() -> dict:
+        """Organ -> bundle path of the bundled models (``Models/<organ>/model.pt``), without importing the core."""
+        root = os.environ.get("SHAPEPRIOR_MODELS") or resourcePath("Models")
+        if not os.path.isdir(root):
+            return {}
+        found = {name: os.path.join(root, name, "model.pt") for name in sorted(os.listdir(root))}
+        return {organ: path for organ, path in found.items() if os.path.isfile(path)}
+
+    def modelOrgan(self, model: str) -> str:
+        """The organ of a bundled model name or model file (read from the bundle)."""
+        if model not in self._organs:
+            from shapeprior.models.bundle import load_bundle
+
+            self._organs[model] = load_bundle(model, kind="dals").organ
+        return self._organs[model]
+
+    @staticmethod
+    def fitSettings(parameterNode):
+        from shapeprior.fit.dals_fit import FitSettings
+
+        return FitSettings(
+            level=parameterNode.level, global_steps=parameterNode.globalSteps,
+            vertex_steps=parameterNode.vertexSteps, lambda_dir=parameterNode.smoothness,
+        )
+
+    # ---------------------------------------------------------------- annotation and fit
+
+    def readAnnotation(self, mode: str, curveNodes=(), segmentationNode=None, segmentId=None, maskNode=None):
+        """Read the annotation from the scene (main thread) into plain arrays for the worker."""
+        from shapeprior.mrml import bridge
+
+        scene = slicer.mrmlScene
+        if mode == "curves":
+            return bridge.read_curve_annotation(scene, [node.GetID() for node in curveNodes])
+        if mode == "painted":
+            return bridge.read_painted_segment_annotation(scene, _nodeId(segmentationNode), segmentId)
+        if mode == "mask":
+            return bridge.read_mask_annotation(scene, _nodeId(maskNode), segmentId)
+        raise ValueError(f"unknown annotation mode {mode!r}")
+
+    @staticmethod
+    def startFit(annotation, model: str, settings):
+        """Start fitting in a worker thread; poll the returned job, then call :meth:`finishFit`."""
+        from shapeprior.mrml.bridge import FitJob
+
+        return FitJob(annotation, model, settings).start()
+
+    @staticmethod
+    def finishFit(job, **outputs):
+        """Write a finished job's result to the scene (main thread); None if it was cancelled.
+
+        ``outputs``: segmentation_node_id, model_node_id, segment_name, replace, reference_volume_id.
+        """
+        from shapeprior.fit.dals_fit import FitCancelled
+        from shapeprior.mrml import bridge
+
+        try:
+            fit = job.result()
+        except FitCancelled:
+            return None
+        return bridge.add_fit_to_scene(slicer.mrmlScene, fit, job.annotation, **outputs)
+
+    def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,
+                settings=None, progress=None, shouldStop=None) -> dict:
+        """Fit closed-curve nodes synchronously; returns the node ids and the report."""
+        from shapeprior.fit.dals_fit import FitSettings
+        from shapeprior.mrml import bridge
+
+        return bridge.fit_contours_in_scene(
+            slicer.mrmlScene, [node.GetID() for node in curveNodes], model, _nodeId(outputSegmentationNode),
+            settings or FitSettings(), progress, shouldStop, reference_volume_id=_nodeId(referenceVolumeNode),
+        )
+
+    # ---------------------------------------------------------------- scene helpers
+
+    @staticmethod
+    def segmentNameTaken(segmentationNode, name: str) -> bool:
+        return bool(segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(name))
+
+    @staticmethod
+    def interactionNode():
+        return slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+
+    def startPlacingContour(self, viewName: str):
+        """New closed curve shown (and placed) only on one slice view and the 3D views; enter place mode."""
+        scene = slicer.mrmlScene
+        sliceNode = scene.GetNodeByID(f"vtkMRMLSliceNode{viewName}")
+        if sliceNode is None:
+            raise ValueError(_("The layout has no {view} slice view.").format(view=viewName))
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode", scene.GenerateUniqueName(f"Contour {viewName}"))
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.AddViewNodeID(sliceNode.GetID())
+        for viewNode in slicer.util.getNodesByClass("vtkMRMLViewNode"):
+            display.AddViewNodeID(viewNode.GetID())
+        node.SetAttribute("ShapePriorSegment.View", viewName)
+        selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsClosedCurveNode")
+        selection.SetActivePlaceNodeID(node.GetID())
+        interaction = self.interactionNode()
+        interaction.SetPlaceModePersistence(1)  # keep adding points until the user ends the curve
+        interaction.SetCurrentInteractionMode(interaction.Place)
+        return node
+
+    @staticmethod
+    def setDistanceColoring(modelNode, on: bool) -> None:
+        display = modelNode.GetDisplayNode() if modelNode else None
+        if display:
+            display.SetScalarVisibility(bool(on))
+
+    @staticmethod
+    def loadSampleContours() -> list:
+        """Load the bundled sample contours; return the closed-curve nodes it added."""
+        before = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLMarkupsClosedCurveNode")}
+        slicer.util.loadMarkups(resourcePath(SAMPLE_CONTOURS))
+        return [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsClosedCurveNode") if n.GetID() not in before]
+
+
+#
+# ShapePriorSegmentTest
+#
+
+
+class ShapePriorSegmentTest(ScriptedLoadableModuleTest):
+    """Self-test: the bundled sample contours through the Logic, in a real Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SampleContoursGiveModelAndSegment()
+
+    def test_SampleContoursGiveModelAndSegment(self):
+        self.delayDisplay("Loading the sample contours")
+        logic = ShapePriorSegmentLogic()
+        logic.ensureDependencies()
+        curveNodes = logic.loadSampleContours()
+        self.assertGreaterEqual(len(curveNodes), 3)
+
+        self.delayDisplay("Fitting the liver model")
+        from shapeprior.fit.dals_fit import FitSettings
+
+        result = logic.process(curveNodes, "liver", settings=FitSettings(level=3, global_steps=20, vertex_steps=20))
+        model = slicer.mrmlScene.GetNodeByID(result["model_node_id"])
+        self.assertGreater(model.GetPolyData().GetNumberOfPoints(), 100)
+        segmentation = slicer.mrmlScene.GetNodeByID(result["segmentation_node_id"]).GetSegmentation()
+        segment = segmentation.GetSegment(result["segment_id"])
+        self.assertIsNotNone(segment)
+        self.assertEqual(segment.GetName(), "liver")
+        self.assertEqual(segmentation.GetSourceRepresentationName(), "Closed surface")
+        self.assertEqual(len(result["report"]["residuals"]), len(curveNodes))
+        self.delayDisplay("Test passed")

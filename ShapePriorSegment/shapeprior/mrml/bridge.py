@@ -1,0 +1,638 @@
+"""MRML <-> core: read annotations from a Slicer scene, fit, write model and segment back.
+
+Qt-free: runs inside 3D Slicer and with the ``slicer-core`` wheel. MRML world
+coordinates are RAS, the core's are LPS; the two differ by diag(-1, -1, 1), a
+rotation, so triangles keep their orientation when converted.
+
+Threading: MRML may only be touched from the main thread. The ``read_*`` functions
+and :func:`add_fit_to_scene` run there; :func:`run_fit` works on the plain arrays of an
+:class:`Annotation` and may run in a worker thread (:class:`FitJob`). The
+``fit_*_in_scene`` functions chain the steps synchronously.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import trimesh
+import vtk
+from scipy.spatial import cKDTree
+from vtkmodules.util import numpy_support
+
+from ..errors import InputError
+from ..fit.contours import group_planes
+from ..fit.dals_fit import FitSettings
+from ..fit.run import DALSFit, fit_curves, fit_points
+from ..io.labelmaps import painted_slice_contours
+from ..io.markups import RAS_TO_LPS
+
+CLOSED_SURFACE = "Closed surface"
+DISTANCE_ARRAY = "DistanceToAnnotation"
+SEGMENT_COLOR = (0.87, 0.55, 0.39)
+# Flips between RAS and LPS for 4x4 homogeneous matrices (its own inverse).
+RAS_LPS_4 = np.diag([*RAS_TO_LPS, 1.0])
+# Surface points of a mask lying more than this many voxels outside its grid are on the
+# cap closing a partial mask at the image border, not on the organ's boundary.
+BORDER_VOXELS = 0.25
+
+Progress = Callable[[float, str], None]
+ShouldStop = Callable[[], bool]
+
+
+@dataclass
+class Annotation:
+    """What the user drew, read from the scene on the main thread (LPS mm, plain arrays).
+
+    Either closed planar ``curves`` or surface ``points`` (from a mask to refine).
+    Safe to hand to a worker thread.
+    """
+
+    curves: list[np.ndarray] = field(default_factory=list)
+    points: np.ndarray | None = None
+    source: str = "scene"  # node names, for messages and the report
+    label: str | None = None  # name of the segment it came from, if any
+
+    def qa_points(self, fit: DALSFit | None = None) -> np.ndarray:
+        """Points the surface is compared with: the resampled curves, else the mask points."""
+        if fit is not None and fit.planes:
+            return np.concatenate([c for plane in fit.planes for c in plane.curves])
+        if self.points is not None:
+            return self.points
+        return np.concatenate(self.curves)
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def _get_node(scene, node_id: str | None, class_name: str, what: str):
+    node = scene.GetNodeByID(node_id) if node_id else None
+    if node is None:
+        raise InputError(None, f"{what} {node_id!r} is not in the scene")
+    if not node.IsA(class_name):
+        raise InputError(node.GetName(), f"is a {node.GetClassName()}, not a {what}")
+    return node
+
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def _to_world(node) -> np.ndarray:
+    """4x4 matrix from the node's local RAS to world RAS (its linear parent transforms)."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(node.GetName(), "is under a non-linear transform; harden the transform first")
+    matrix = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def _remove_node(scene, node) -> None:
+    """Remove a node with its display and storage nodes (the scene alone leaves those behind)."""
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    for helper in filter(None, helpers):
+        scene.RemoveNode(helper)
+    scene.RemoveNode(node)
+
+
+def _segment_name_taken(segmentation, name: str) -> bool:
+    return bool(segmentation.GetSegmentIdBySegmentName(name))
+
+
+def unique_segment_name(segmentation, name: str) -> str:
+    """``name`` if no segment has it, else ``name 2``, ``name 3``... (never overwrites)."""
+    if not _segment_name_taken(segmentation, name):
+        return name
+    number = 2
+    while _segment_name_taken(segmentation, f"{name} {number}"):
+        number += 1
+    return f"{name} {number}"
+
+
+def _source_representation(segmentation) -> str:
+    getter = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+    return getter()
+
+
+def _set_source_representation(segmentation, name: str) -> None:
+    setter = getattr(segmentation, "SetSourceRepresentationName", None) or segmentation.SetMasterRepresentationName
+    setter(name)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def read_closed_curves(scene, curve_node_ids: Sequence[str]) -> list[np.ndarray]:
+    """Defined control points (N_i, 3) of each closed-curve markups node, LPS mm (world)."""
+    if not curve_node_ids:
+        raise InputError(None, "no closed curves given: draw a closed curve on at least two different views")
+    curves = []
+    for node_id in curve_node_ids:
+        node = scene.GetNodeByID(node_id) if node_id else None
+        if node is not None and node.IsA("vtkMRMLMarkupsCurveNode") and not node.IsA("vtkMRMLMarkupsClosedCurveNode"):
+            raise InputError(node.GetName(), "is an open curve; draw a closed curve on each slice")
+        node = _get_node(scene, node_id, "vtkMRMLMarkupsClosedCurveNode", "closed curve")
+        points = []
+        for i in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+                continue  # the point being placed
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(i, position)
+            points.append(position)
+        if len(points) < 3:
+            raise InputError(node.GetName(), f"has {len(points)} control points; at least 3 are needed")
+        curves.append(np.array(points, dtype=np.float64) * RAS_TO_LPS)
+    return curves
+
+
+def add_closed_curves(scene, curves_lps: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[str]:
+    """Add each curve (N_i, 3) LPS mm as a closed-curve markups node; return the node ids."""
+    ids = []
+    for i, curve in enumerate(curves_lps):
+        name = names[i] if names else f"Contour {i + 1}"
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode", scene.GenerateUniqueName(name))
+        node.CreateDefaultDisplayNodes()
+        for point in np.asarray(curve, dtype=np.float64) * RAS_TO_LPS:
+            node.AddControlPoint(float(point[0]), float(point[1]), float(point[2]))
+        ids.append(node.GetID())
+    return ids
+
+
+def read_curve_annotation(scene, curve_node_ids: Sequence[str]) -> Annotation:
+    """Closed curves as an :class:`Annotation`; checks now that they lie on distinct planes."""
+    curves = read_closed_curves(scene, curve_node_ids)
+    source = ", ".join(scene.GetNodeByID(i).GetName() for i in curve_node_ids)
+    group_planes(curves, source)  # raise before any fitting starts
+    return Annotation(curves=curves, source=source)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _image_data_to_sitk(image_data, index_to_ras: np.ndarray, name: str, label: int | None = None) -> sitk.Image:
+    """Binary uint8 mask from a vtkImageData whose structured index maps to RAS by ``index_to_ras``."""
+    extent = image_data.GetExtent()
+    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    scalars = image_data.GetPointData().GetScalars() if min(dims) > 0 else None
+    if scalars is not None and scalars.GetNumberOfComponents() != 1:
+        raise InputError(name, "is a multi-component image; a label image is needed")
+    values = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1]) if scalars is not None else np.zeros(0)
+    binary = (values != 0) if label is None else (values == label)  # (k, j, i)
+    if not binary.any():
+        what = "no painted voxels" if label is None else f"no voxels of label {label}"
+        raise InputError(name, f"is empty ({what})")
+    index_to_lps = RAS_LPS_4 @ index_to_ras
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
+    direction = index_to_lps[:3, :3] / spacing
+    origin = index_to_lps[:3, :3] @ np.array(extent[::2], dtype=np.float64) + index_to_lps[:3, 3]
+    mask = sitk.GetImageFromArray(binary.astype(np.uint8))
+    mask.SetSpacing(spacing.tolist())
+    mask.SetDirection(direction.ravel().tolist())
+    mask.SetOrigin(origin.tolist())
+    return mask
+
+
+def read_volume_mask(scene, volume_node_id: str, label: int | None = None) -> sitk.Image:
+    """A labelmap (or scalar) volume node as a binary SimpleITK mask in LPS, world geometry.
+
+    ``label=None`` takes every non-zero voxel.
+    """
+    node = _get_node(scene, volume_node_id, "vtkMRMLScalarVolumeNode", "volume")
+    if node.GetImageData() is None:
+        raise InputError(node.GetName(), "holds no image data")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    return _image_data_to_sitk(node.GetImageData(), _to_world(node) @ _matrix_to_numpy(ijk_to_ras), node.GetName(), label)
+
+
+def read_segment_mask(scene, segmentation_node_id: str, segment_id: str) -> sitk.Image:
+    """One segment's binary labelmap as a SimpleITK mask (its own grid, LPS, world geometry)."""
+    node = _get_node(scene, segmentation_node_id, "vtkMRMLSegmentationNode", "segmentation")
+    segment = node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        raise InputError(node.GetName(), f"has no segment {segment_id!r}")
+    name = f"{node.GetName()}/{segment.GetName()}"
+    labelmap = slicer.vtkOrientedImageData()
+    if not node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
+        node.CreateBinaryLabelmapRepresentation()
+        if not node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
+            raise InputError(name, "has no binary labelmap representation")
+    image_to_world = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(image_to_world)
+    return _image_data_to_sitk(labelmap, _to_world(node) @ _matrix_to_numpy(image_to_world), name)
+
+
+def add_labelmap_node(scene, mask: sitk.Image, name: str = "mask") -> str:
+    """Add a SimpleITK label image (LPS) as a labelmap volume node; return its id."""
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(mask))  # (k, j, i): i varies fastest, as in VTK
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(*mask.GetSize())
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    scalars.SetName("ImageScalars")
+    image_data.GetPointData().SetScalars(scalars)
+    index_to_lps = np.eye(4)
+    index_to_lps[:3, :3] = np.array(mask.GetDirection()).reshape(3, 3) * np.array(mask.GetSpacing())
+    index_to_lps[:3, 3] = mask.GetOrigin()
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(_numpy_to_matrix(RAS_LPS_4 @ index_to_lps))
+    node.SetAndObserveImageData(image_data)
+    node.CreateDefaultDisplayNodes()
+    return node.GetID()
+
+
+def read_painted_segment_annotation(scene, segmentation_node_id: str, segment_id: str) -> Annotation:
+    """Contours around the painted slices of a segment (Segment Editor strokes on a few slices)."""
+    mask = read_segment_mask(scene, segmentation_node_id, segment_id)
+    node = scene.GetNodeByID(segmentation_node_id)
+    label = node.GetSegmentation().GetSegment(segment_id).GetName()
+    source = f"{node.GetName()}/{label}"
+    curves = painted_slice_contours(mask, source)
+    group_planes(curves, source)
+    return Annotation(curves=curves, source=source, label=label)
+
+
+def mask_surface_points(mask: sitk.Image, source: str = "mask") -> np.ndarray:
+    """Points (N, 3) LPS mm on a mask's smoothed surface, without the cut at the image border."""
+    from ..prep.surface import mask_to_surface
+
+    mesh = mask_to_surface(mask, smoothing_mm=1.0, interpolate=True, target_vertices=4000)
+    direction = np.array(mask.GetDirection()).reshape(3, 3)
+    index = (mesh.vertices - np.array(mask.GetOrigin())) @ direction / np.array(mask.GetSpacing())
+    size = np.array(mask.GetSize())
+    inside = np.all((index >= -BORDER_VOXELS) & (index <= size - 1 + BORDER_VOXELS), axis=1)
+    points = np.asarray(mesh.vertices[inside], dtype=np.float64)
+    if len(points) < 10:
+        raise InputError(source, "too small to refine (fewer than 10 surface points)")
+    return points
+
+
+def read_mask_annotation(scene, node_id: str, segment_id: str | None = None, label: int | None = None) -> Annotation:
+    """A (CNN) mask to refine: a segment of a segmentation node, or a labelmap volume node."""
+    node = scene.GetNodeByID(node_id) if node_id else None
+    if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+        mask = read_segment_mask(scene, node_id, segment_id)
+        name = node.GetSegmentation().GetSegment(segment_id).GetName()
+        source = f"{node.GetName()}/{name}"
+    else:
+        mask = read_volume_mask(scene, node_id, label)
+        name = source = scene.GetNodeByID(node_id).GetName()
+    return Annotation(points=mask_surface_points(mask, source), source=source, label=name)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def run_fit(
+    annotation: Annotation,
+    model: str | os.PathLike = "liver",
+    settings: FitSettings = FitSettings(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> DALSFit:
+    """Fit the model to the annotation; touches no MRML (safe in a worker thread)."""
+    if annotation.points is not None:
+        return fit_points(annotation.points, model, settings, annotation.source, progress, should_stop)
+    return fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop)
+
+
+class FitJob:
+    """:func:`run_fit` in a worker thread; the main thread polls it and collects the outcome.
+
+    ``cancel()`` makes the fit raise :class:`~shapeprior.fit.dals_fit.FitCancelled` at
+    its next optimisation step; :meth:`result` re-raises whatever the worker raised.
+    """
+
+    def __init__(self, annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings()):
+        self.annotation = annotation
+        self._stop = threading.Event()
+        self._progress: tuple[float, str] = (0.0, "loading the model")
+        self._fit: DALSFit | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(model, settings), name="shapeprior-fit", daemon=True,
+        )
+
+    def _run(self, model, settings) -> None:
+        try:
+            self._fit = run_fit(self.annotation, model, settings, self._report, self._stop.is_set)
+        except BaseException as exc:  # handed to the main thread by result()
+            self._error = exc
+
+    def _report(self, fraction: float, stage: str) -> None:
+        self._progress = (fraction, stage)  # one reference assignment: atomic
+
+    def start(self) -> "FitJob":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """(fraction done, stage name) of the latest optimisation step."""
+        return self._progress
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def result(self, timeout: float | None = None) -> DALSFit:
+        """Wait for the worker (up to ``timeout`` s) and return its fit or raise its error."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the fit is still running")
+        if self._error is not None:
+            raise self._error
+        return self._fit
+
+
+# --------------------------------------------------------------------------- surfaces
+
+
+def _point_array(values: np.ndarray, name: str):
+    array = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+    array.SetName(name)
+    return array
+
+
+def surface_polydata(
+    mesh_lps: trimesh.Trimesh, distances: np.ndarray | None = None, normals: bool = False,
+) -> vtk.vtkPolyData:
+    """vtkPolyData in RAS (double precision) of a triangle mesh in LPS; faces keep their order.
+
+    ``distances`` (one per vertex) becomes the point array ``DistanceToAnnotation``;
+    ``normals`` adds outward vertex normals (smooth shading of a model node).
+    """
+    points = vtk.vtkPoints()
+    points.SetData(_point_array(mesh_lps.vertices * RAS_TO_LPS, "Points"))
+    faces = np.asarray(mesh_lps.faces, dtype=np.int64)
+    cells = vtk.vtkCellArray()
+    cells.SetData(
+        numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(faces) + 1, 3, dtype=np.int64), deep=True),
+        numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(faces.ravel()), deep=True),
+    )
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(points)
+    poly.SetPolys(cells)
+    if distances is not None:
+        poly.GetPointData().AddArray(_point_array(distances, DISTANCE_ARRAY))
+    if normals:
+        poly.GetPointData().SetNormals(_point_array(mesh_lps.vertex_normals * RAS_TO_LPS, "Normals"))
+    return poly
+
+
+def polydata_to_mesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
+    """Triangle mesh in LPS from a vtkPolyData in RAS (inverse of :func:`surface_polydata`)."""
+    if poly is None or poly.GetNumberOfPoints() == 0:
+        raise InputError(None, "the surface has no points")
+    if poly.GetPolys().GetMaxCellSize() != 3:
+        triangulate = vtk.vtkTriangleFilter()
+        triangulate.SetInputData(poly)
+        triangulate.Update()
+        poly = triangulate.GetOutput()
+    vertices = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64) * RAS_TO_LPS
+    faces = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    return trimesh.Trimesh(vertices, faces, process=False)
+
+
+def annotation_distances(mesh_lps: trimesh.Trimesh, points_lps: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each vertex to the nearest annotation point."""
+    distances, _ = cKDTree(np.asarray(points_lps, dtype=np.float64)).query(np.asarray(mesh_lps.vertices))
+    return distances
+
+
+def _show_distances(model_node, distances: np.ndarray) -> None:
+    display = model_node.GetDisplayNode()
+    display.SetActiveScalar(DISTANCE_ARRAY, vtk.vtkAssignAttribute.POINT_DATA)
+    display.SetScalarRangeFlag(display.UseManualScalarRange)
+    display.SetScalarRange(0.0, max(5.0, float(np.percentile(distances, 95))))
+    colors = model_node.GetScene().GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+    if colors is not None:  # in Slicer; slicer-core has no colour tables
+        display.SetAndObserveColorNodeID(colors.GetID())
+    display.SetScalarVisibility(True)
+    display.SetVisibility2D(True)  # the surface's outline on the slice views
+
+
+def _add_segment(segmentation_node, poly, name: str, replace: bool) -> tuple[str, Callable[[], None]]:
+    """Add (or with ``replace`` swap in) a closed-surface segment; return its id and an undo."""
+    segmentation = segmentation_node.GetSegmentation()
+    old_id = segmentation.GetSegmentIdBySegmentName(name) if replace else ""
+    if not old_id:
+        segment_id = segmentation_node.AddSegmentFromClosedSurfaceRepresentation(poly, name, SEGMENT_COLOR)
+        return segment_id, lambda: segmentation.RemoveSegment(segment_id)
+    old = segmentation.GetSegment(old_id)
+    index = segmentation.GetSegmentIndex(old_id)
+    segmentation.RemoveSegment(old_id)
+    segmentation_node.AddSegmentFromClosedSurfaceRepresentation(poly, name, old.GetColor(), old_id)
+    segmentation.SetSegmentIndex(old_id, index)
+
+    def undo() -> None:
+        segmentation.RemoveSegment(old_id)
+        segmentation.AddSegment(old, old_id)
+        segmentation.SetSegmentIndex(old_id, index)
+
+    return old_id, undo
+
+
+def add_surface_to_scene(
+    scene,
+    mesh_lps: trimesh.Trimesh,
+    organ: str,
+    annotation_points: np.ndarray | None = None,
+    *,
+    segmentation_node_id: str | None = None,
+    model_node_id: str | None = None,
+    segment_name: str | None = None,
+    replace: bool = False,
+    reference_volume_id: str | None = None,
+) -> dict:
+    """Write a surface (LPS mm) as a model node and a closed-surface segment.
+
+    The model node is ``model_node_id`` (its surface replaced) or a new ``<organ> surface``;
+    with ``annotation_points`` it gets the point array ``DistanceToAnnotation`` and is coloured
+    by it. The segment goes to ``segmentation_node_id`` or a new segmentation node whose
+    source representation is set to closed surface first (so the surface is kept, not
+    voxelised). It is named ``segment_name`` (default: the organ), made unique
+    (``liver 2``) unless ``replace`` is set, in which case a segment of that name is
+    swapped in place. On any error every change is undone.
+
+    Returns ``{"model_node_id", "segmentation_node_id", "segment_id", "segment_name", "warnings"}``.
+    """
+    reference = _get_node(scene, reference_volume_id, "vtkMRMLVolumeNode", "volume") if reference_volume_id else None
+    model_node = _get_node(scene, model_node_id, "vtkMRMLModelNode", "model") if model_node_id else None
+    segmentation_node = (
+        _get_node(scene, segmentation_node_id, "vtkMRMLSegmentationNode", "segmentation")
+        if segmentation_node_id else None
+    )
+    # Everything that can fail on bad data is computed before the scene is changed.
+    distances = annotation_distances(mesh_lps, annotation_points) if annotation_points is not None else None
+    model_poly = surface_polydata(mesh_lps, distances, normals=True)
+    segment_poly = surface_polydata(mesh_lps)
+    warnings: list[str] = []
+    undo: list[Callable[[], None]] = []
+    scene.StartState(scene.BatchProcessState)
+    try:
+        if model_node is None:
+            model_node = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName(f"{organ} surface"))
+            undo.append(lambda node=model_node: _remove_node(scene, node))
+            model_node.CreateDefaultDisplayNodes()
+        else:
+            old_poly = model_node.GetPolyData()
+            undo.append(lambda node=model_node, poly=old_poly: node.SetAndObservePolyData(poly))
+        model_node.SetAndObservePolyData(model_poly)
+        model_node.SetAttribute("ShapePriorSegment.Organ", organ)
+        if model_node.GetDisplayNode() is None:
+            model_node.CreateDefaultDisplayNodes()
+        if distances is not None:
+            _show_distances(model_node, distances)
+
+        if segmentation_node is None:
+            segmentation_node = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{organ} segmentation"),
+            )
+            undo.append(lambda node=segmentation_node: _remove_node(scene, node))
+            segmentation_node.CreateDefaultDisplayNodes()
+            if reference is not None:
+                segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        segmentation = segmentation_node.GetSegmentation()
+        if _source_representation(segmentation) != CLOSED_SURFACE:
+            if segmentation.GetNumberOfSegments() == 0:
+                _set_source_representation(segmentation, CLOSED_SURFACE)
+            else:
+                warnings.append(
+                    f"segmentation {segmentation_node.GetName()!r} keeps {_source_representation(segmentation)!r} as "
+                    f"its source representation: the fitted segment is voxelised there; the smooth surface is "
+                    f"in model {model_node.GetName()!r}"
+                )
+        name = segment_name or organ
+        if not replace:
+            name = unique_segment_name(segmentation, name)
+        segment_id, undo_segment = _add_segment(segmentation_node, segment_poly, name, replace)
+        undo.append(undo_segment)
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+    finally:
+        scene.EndState(scene.BatchProcessState)
+    return {
+        "model_node_id": model_node.GetID(),
+        "segmentation_node_id": segmentation_node.GetID(),
+        "segment_id": segment_id,
+        "segment_name": name,
+        "warnings": warnings,
+    }
+
+
+def add_fit_to_scene(scene, fit: DALSFit, annotation: Annotation | None = None, **outputs) -> dict:
+    """Write a fit's surface to the scene (see :func:`add_surface_to_scene` for ``outputs``).
+
+    Returns the node ids as :func:`add_surface_to_scene` does, plus ``report``: the fit's
+    report with the output names and ``warnings`` (e.g. a model organ that differs from
+    the annotated segment's name).
+    """
+    organ = fit.bundle.organ
+    points = annotation.qa_points(fit) if annotation is not None else None
+    written = add_surface_to_scene(scene, fit.result.mesh, organ, points, **outputs)
+    warnings = written.pop("warnings")
+    if annotation is not None and annotation.label and organ.lower() not in annotation.label.lower():
+        warnings.insert(0, f"the model is a {organ} model but the annotation is segment {annotation.label!r}")
+    report = {**fit.report, "warnings": warnings}
+    report["outputs"] = {
+        "model": scene.GetNodeByID(written["model_node_id"]).GetName(),
+        "segmentation": scene.GetNodeByID(written["segmentation_node_id"]).GetName(),
+        "segment": written["segment_name"],
+    }
+    if points is not None:
+        distances = annotation_distances(fit.result.mesh, points)
+        report["distance_to_annotation_mm"] = {"median": float(np.median(distances)), "max": float(distances.max())}
+    return {**written, "report": report}
+
+
+# --------------------------------------------------------------------------- one call
+
+
+def fit_annotation_in_scene(
+    scene,
+    annotation: Annotation,
+    model: str | os.PathLike = "liver",
+    settings: FitSettings = FitSettings(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **outputs,
+) -> dict:
+    """Fit an annotation read from the scene and write the result (:func:`run_fit`, then
+    :func:`add_fit_to_scene`; ``outputs`` as in :func:`add_surface_to_scene`).
+
+    Returns ``{"model_node_id", "segmentation_node_id", "segment_id", "segment_name", "report"}``.
+    If the fit is cancelled (``should_stop``), :class:`~shapeprior.fit.dals_fit.FitCancelled`
+    propagates and the scene is unchanged.
+    """
+    fit = run_fit(annotation, model, settings, progress, should_stop)
+    return add_fit_to_scene(scene, fit, annotation, **outputs)
+
+
+def fit_contours_in_scene(
+    scene,
+    curve_node_ids: Sequence[str],
+    model: str | os.PathLike = "liver",
+    segmentation_node_id: str | None = None,
+    settings: FitSettings = FitSettings(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **outputs,
+) -> dict:
+    """Closed-curve markups nodes -> fitted model node and segment (see :func:`fit_annotation_in_scene`).
+
+    ``outputs``: ``model_node_id``, ``segment_name``, ``replace``, ``reference_volume_id``.
+    """
+    annotation = read_curve_annotation(scene, curve_node_ids)
+    return fit_annotation_in_scene(
+        scene, annotation, model, settings, progress, should_stop, segmentation_node_id=segmentation_node_id, **outputs,
+    )
+
+
+def fit_painted_segment_in_scene(
+    scene,
+    segmentation_node_id: str,
+    segment_id: str,
+    reference_volume_id: str | None = None,
+    model: str | os.PathLike = "liver",
+    output_segmentation_node_id: str | None = None,
+    settings: FitSettings = FitSettings(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **outputs,
+) -> dict:
+    """A segment painted on a few slices -> fitted model node and segment.
+
+    The result goes to ``output_segmentation_node_id`` (default: a new segmentation node,
+    so a painted labelmap segmentation is left as it is); see :func:`fit_annotation_in_scene`.
+    """
+    annotation = read_painted_segment_annotation(scene, segmentation_node_id, segment_id)
+    return fit_annotation_in_scene(
+        scene, annotation, model, settings, progress, should_stop,
+        segmentation_node_id=output_segmentation_node_id, reference_volume_id=reference_volume_id, **outputs,
+    )

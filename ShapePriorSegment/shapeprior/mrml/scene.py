@@ -1,0 +1,141 @@
+"""Application-like MRML scenes and Slicer scene bundles (``.mrb``) without Slicer's GUI.
+
+A user of the command line gets the volume, the curves, the fitted model and the
+segmentation in one file that opens in Slicer with a drag and drop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import slicer
+import trimesh
+
+from ..errors import InputError
+from ..fit.contours import resample_closed_curve
+from .bridge import add_closed_curves, add_surface_to_scene
+
+# Module logics a scene needs for what this package puts in it (name -> class name).
+MODULE_LOGICS = {
+    "Volumes": "vtkSlicerVolumesLogic",
+    "Models": "vtkSlicerModelsLogic",
+    "Markups": "vtkSlicerMarkupsLogic",
+    "Segmentations": "vtkSlicerSegmentationsModuleLogic",
+    "Texts": "vtkSlicerTextsLogic",
+}
+
+
+def new_scene():
+    """A ``vtkMRMLScene`` set up as Slicer's application does (application logic, module logics).
+
+    The logics stay attached to the scene object (``scene.shapeprior_logics``) so they live as long as it does.
+    """
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    logics = {}
+    for name, class_name in MODULE_LOGICS.items():
+        logic = getattr(slicer, class_name)()
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app_logic)
+        app_logic.SetModuleLogic(name, logic)
+        logics[name] = logic
+    scene.shapeprior_logics = (app_logic, logics)
+    return scene
+
+
+def _logic(scene, name: str):
+    return scene.shapeprior_logics[1][name]
+
+
+def _volume_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def write_scene_bundle(
+    path_mrb: str | os.PathLike,
+    curves_lps: Sequence[np.ndarray],
+    mesh_lps: trimesh.Trimesh,
+    organ: str,
+    volume_path: str | os.PathLike | None = None,
+    report: dict | None = None,
+) -> Path:
+    """Write a Slicer scene bundle: input volume (if given), curves, fitted model, segmentation.
+
+    Curves and mesh are LPS mm. The model is coloured by distance to the curves; the
+    segment (named after the organ) keeps the closed surface as its source
+    representation. ``report`` is stored as a text node ``<organ> fit report`` (JSON).
+    The file appears complete or not at all.
+    """
+    path = Path(path_mrb)
+    if path.suffix.lower() != ".mrb":
+        raise InputError(path, "a scene bundle must end in .mrb")
+    scene = new_scene()
+    volume_id = None
+    if volume_path is not None:
+        volume_path = Path(volume_path)
+        if not volume_path.is_file():
+            raise InputError(volume_path, "no such file")
+        volume = _logic(scene, "Volumes").AddArchetypeVolume(str(volume_path), _volume_name(volume_path))
+        if volume is None:
+            raise InputError(volume_path, "not a volume Slicer can read")
+        volume_id = volume.GetID()
+    curves = [np.asarray(c, dtype=np.float64) for c in curves_lps]
+    add_closed_curves(scene, curves)
+    dense = np.concatenate([resample_closed_curve(c) for c in curves]) if curves else None
+    add_surface_to_scene(scene, mesh_lps, organ, dense, reference_volume_id=volume_id)
+    if report is not None:
+        text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{organ} fit report")
+        text.SetText(json.dumps(report, indent=2, default=str))
+    for node in nodes_by_class(scene, "vtkMRMLStorableNode"):
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # WriteToMRB names the folder inside the zip after the file, so the temporary file
+    # keeps the final name, in a temporary folder beside it (same file system: atomic rename).
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = folder / path.name
+        if not scene.WriteToMRB(str(tmp)) or not tmp.is_file():
+            raise OSError(f"{path}: Slicer could not write the scene bundle")
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+def read_scene_bundle(path: str | os.PathLike):
+    """Load a ``.mrb`` into a new application-like scene and return the scene."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    scene = new_scene()
+    cache_dir = tempfile.mkdtemp(prefix="shapeprior-mrb-cache-")
+    try:
+        cache = slicer.vtkCacheManager()
+        cache.SetRemoteCacheDirectory(cache_dir)
+        scene.SetCacheManager(cache)
+        io_manager = slicer.vtkDataIOManager()
+        io_manager.SetCacheManager(cache)
+        scene.SetDataIOManager(io_manager)
+        if not scene.ReadFromMRB(str(path)):
+            raise InputError(path, "not a readable Slicer scene bundle")
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return scene
+
+
+def nodes_by_class(scene, class_name: str) -> list:
+    """All nodes of ``class_name`` (and its subclasses) in scene order."""
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
