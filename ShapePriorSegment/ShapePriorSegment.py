@@ -113,9 +113,9 @@ class ShapePriorSegmentParameterNode:
     annotationMode: Annotated[str, Choice(list(ANNOTATION_MODES))] = "curves"
     outputSegmentation: vtkMRMLSegmentationNode
     level: Annotated[int, WithinRange(2, 6)] = 4
-    globalSteps: Annotated[int, WithinRange(1, 2000)] = 60
-    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 100
-    smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 100.0
+    globalSteps: Annotated[int, WithinRange(1, 2000)] = 100
+    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 50
+    smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
     colorByDistance: bool = True
     resultModel: vtkMRMLModelNode
     resultSegmentation: vtkMRMLSegmentationNode

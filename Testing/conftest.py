@@ -110,6 +110,26 @@ def helpers() -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Path of a randomly initialised DALS liver bundle small enough to fit in well under a second."""
+    import torch
+
+    from shapeprior.models.bundle import save_bundle
+    from shapeprior.models.dals import DALSConfig, DALSDecoder, bundle_tensors
+
+    torch.manual_seed(0)
+    config = DALSConfig(16, (32, 32))
+    metadata = {
+        "organ": "liver",
+        "config": config.to_dict(),
+        "normalisation": {"mm_per_unit_median": 100.0, "mm_per_unit_range": [80.0, 130.0], "anchor": "x"},
+    }
+    path = tmp_path_factory.mktemp("model") / "tiny-liver.pt"
+    save_bundle(path, "dals", metadata, bundle_tensors(DALSDecoder(config), torch.randn(4, 16)))
+    return path
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"shared data folder {DATA_DIR} is absent")

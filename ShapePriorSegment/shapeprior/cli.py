@@ -83,6 +83,7 @@ def _add_train_dals(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lambda-reg", type=float, default=1e-4, help="triangle-quality loss weight")
     p.add_argument("--lambda-n", type=float, default=1e-3, help="latent norm weight")
+    p.add_argument("--lambda-normal", type=float, default=0.0, help="normal-consistency (anti-fold) weight")
     p.add_argument("--augment", type=int, default=3, help="smoothly deformed copies per shape")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -96,6 +97,7 @@ def _run_train_dals(args: argparse.Namespace) -> int:
         include=args.include or ["*"], organ=args.organ, latent_dim=args.latent_dim,
         hidden=[int(h) for h in args.hidden.split(",")], level=args.level, steps=args.steps, batch=args.batch,
         points=args.points, lr=args.lr, lambda_reg=args.lambda_reg, lambda_n=args.lambda_n,
+        lambda_normal=args.lambda_normal,
         augment=args.augment, seed=args.seed,
     )
     command = "shapeprior " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("shapeprior") else ""
@@ -104,19 +106,26 @@ def _run_train_dals(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_fit_options(p: argparse.ArgumentParser) -> None:
+def _add_fit_tuning(p: argparse.ArgumentParser) -> None:
+    from .fit.dals_fit import FitSettings
+
+    d = FitSettings()
     p.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
+    p.add_argument("--level", type=int, default=d.level, help="icosphere level of the fitted surface")
+    p.add_argument("--global-steps", type=int, default=d.global_steps, help="steps of the single-latent stage")
+    p.add_argument("--vertex-steps", type=int, default=d.vertex_steps, help="steps of the per-vertex-latent stage")
+    p.add_argument("--lambda-dir", type=float, default=d.lambda_dir, help="smoothness weight of per-vertex latents")
+    p.add_argument("--lambda-reg", type=float, default=d.lambda_reg, help="triangle-quality weight")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    _add_fit_tuning(p)
     p.add_argument("--out-model", help="fitted surface, LPS mm (.vtk/.vtp for Slicer, or .stl/.ply/.obj)")
     p.add_argument("--out-seg", help="segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd)")
     p.add_argument("--reference", help="image whose grid --out-seg uses (default: the input labelmap)")
     p.add_argument("--report", help="JSON report: residuals, pose, iterations, time")
     p.add_argument("--out-scene", help="Slicer scene bundle (.mrb): volume (--reference), curves, model, segmentation")
-    p.add_argument("--level", type=int, default=4, help="icosphere level of the fitted surface")
-    p.add_argument("--global-steps", type=int, default=60, help="steps of the single-latent stage")
-    p.add_argument("--vertex-steps", type=int, default=100, help="steps of the per-vertex-latent stage")
-    p.add_argument("--lambda-dir", type=float, default=100.0, help="smoothness weight of per-vertex latents")
-    p.add_argument("--lambda-reg", type=float, default=0.01, help="triangle-quality weight")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -129,10 +138,20 @@ def _fit_settings(args: argparse.Namespace):
     )
 
 
+# Single-file volume formats (.seg.nrrd included): a labelmap written as anything else fails or loses slices.
+LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
+    from .io.meshes import MESH_SUFFIXES
+
     outputs = [args.out_model, args.out_seg, args.report, args.out_scene]
     if not any(outputs):
         raise InputError(None, "nothing to write: give --out-model, --out-seg, --report and/or --out-scene")
+    if args.out_model and not args.out_model.lower().endswith(MESH_SUFFIXES):
+        raise InputError(args.out_model, f"unsupported mesh format (expected one of {', '.join(MESH_SUFFIXES)})")
+    if args.out_seg and not args.out_seg.lower().endswith(LABELMAP_SUFFIXES):
+        raise InputError(args.out_seg, "unsupported labelmap format (expected .nii.gz, .nii, .nrrd, .seg.nrrd or .mha)")
     if args.out_scene:
         if not args.out_scene.lower().endswith(".mrb"):
             raise InputError(args.out_scene, "a scene bundle must end in .mrb")
@@ -143,6 +162,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for path in filter(None, outputs):
         if os.path.exists(path) and not args.overwrite:
             raise InputError(path, "exists; pass --overwrite to replace it")
+
+
+def _check_grid(args: argparse.Namespace, reference_image) -> None:
+    """Before fitting: --out-seg needs a grid (--reference, or the input labelmap)."""
+    if args.out_seg and reference_image is None:
+        raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
 
 
 def _progress_bar(quiet: bool):
@@ -206,6 +231,7 @@ def _run_fit_contours(args: argparse.Namespace) -> int:
         mask = read_mask(args.input, parse_labels(args.label))
         curves = painted_slice_contours(mask, args.input)
         reference = reference or mask
+    _check_grid(args, reference)
     bar, update = _progress_bar(args.quiet)
     with bar:
         fit = fit_curves(curves, args.model, _fit_settings(args), args.input, progress=update)
@@ -230,6 +256,7 @@ def _run_fit_points(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     reference = read_image(args.reference) if args.reference else None
+    _check_grid(args, reference)
     points = read_point_cloud(args.input)
     bar, update = _progress_bar(args.quiet)
     with bar:
@@ -276,6 +303,45 @@ def _run_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="measure methods against baselines on held-out data")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    c = kinds.add_parser(
+        "contours", help="three orthogonal contours -> whole organ: DALS vs RBF, hull, fill-between-slices",
+        description="Cuts contours from held-out true surfaces and runs every method on them in this process.",
+    )
+    c.add_argument("--data", default=os.path.join("..", "shared", "data", "liver-meshes"), help="folder of true surfaces")
+    c.add_argument("--include", action="append", help="file-name patterns of held-out cases (default LiTS-*, 3Dircadb-*)")
+    c.add_argument("--limit", type=int, default=20, help="number of cases, spread over the sorted list (0: all)")
+    c.add_argument("--planes", default="3,5,7,9", help="plane counts for the F@2%% curve")
+    c.add_argument("--out", help="write per-case results here (JSON)")
+    c.add_argument("--markdown", help="write the summary tables here (Markdown)")
+    _add_fit_tuning(c)
+    c.set_defaults(run=_run_benchmark_contours)
+
+
+def _run_benchmark_contours(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.contours import run_benchmark, summarise
+    from .io import write_json
+
+    result = run_benchmark(
+        Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model, _fit_settings(args),
+        limit=args.limit or None, planes_curve=tuple(int(n) for n in args.planes.split(",")), progress=not args.quiet,
+    )
+    table = summarise(result)
+    if args.out:
+        write_json(result, args.out)
+    if args.markdown:
+        from .io import atomic_output
+
+        with atomic_output(args.markdown) as tmp:
+            tmp.write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shapeprior", description="Deep statistical shape priors for organ delineation.")
     parser.add_argument("--version", action="version", version=f"shapeprior {__version__}")
@@ -286,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_contours(sub)
     _add_fit_points(sub)
     _add_demo(sub)
+    _add_benchmark(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the MRML bridge tests: a tiny random DALS model, fast fit settings, scenes.
+"""Fixtures for the MRML bridge tests: fast fit settings, scenes (the tiny DALS model is in Testing/conftest.py).
 
 The tests need the ``slicer-core`` wheel (real MRML without Qt); each test module skips
 itself when it is absent, so nothing here imports it at module level.
@@ -8,26 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """Path of a randomly initialised DALS liver bundle small enough to fit in well under a second."""
-    import torch
-
-    from shapeprior.models.bundle import save_bundle
-    from shapeprior.models.dals import DALSConfig, DALSDecoder, bundle_tensors
-
-    torch.manual_seed(0)
-    config = DALSConfig(16, (32, 32))
-    metadata = {
-        "organ": "liver",
-        "config": config.to_dict(),
-        "normalisation": {"mm_per_unit_median": 100.0, "mm_per_unit_range": [80.0, 130.0], "anchor": "x"},
-    }
-    path = tmp_path_factory.mktemp("model") / "tiny-liver.pt"
-    save_bundle(path, "dals", metadata, bundle_tensors(DALSDecoder(config), torch.randn(4, 16)))
-    return path
 
 
 @pytest.fixture(scope="session")

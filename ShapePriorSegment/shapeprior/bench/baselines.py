@@ -77,5 +77,12 @@ def fill_between_slices(planes: list[Plane], grid_mm: float = 2.0) -> trimesh.Tr
             region[rr, cc] ^= True  # even-odd: nested curves make holes
         np.moveaxis(volume, axis, 0)[index] |= region
     image = itk.image_from_array(np.ascontiguousarray(volume.transpose(2, 1, 0)))
-    filled = itk.array_from_image(itk.morphological_contour_interpolator(image)).transpose(2, 1, 0)
+    # Multithreaded, ITK's MorphologicalContourInterpolator corrupts the heap (the process aborts
+    # later, often at exit: "malloc_consolidate(): unaligned fastbin chunk detected"): one thread.
+    threads = itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads()
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        filled = itk.array_from_image(itk.morphological_contour_interpolator(image)).transpose(2, 1, 0)
+    finally:
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
     return _grid_surface(filled > 0, lo, grid_mm)

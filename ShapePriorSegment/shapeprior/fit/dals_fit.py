@@ -22,10 +22,12 @@ from scipy.sparse.linalg import eigsh
 
 from ..geometry import (
     chamfer_distance,
+    face_pairs,
     icosphere,
     laplacian_energy,
     matrix_to_rotation_6d,
     nearest_distances,
+    normal_consistency_loss,
     quality_loss,
     rotation_6d_to_matrix,
     sample_plane_intersection,
@@ -43,17 +45,22 @@ class FitCancelled(RuntimeError):
 
 @dataclass
 class FitSettings:
+    """Fit options; the defaults were chosen on held-out livers outside the benchmark subset."""
+
     level: int = 4
-    global_steps: int = 60
-    vertex_steps: int = 100
+    global_steps: int = 100
+    vertex_steps: int = 50
     lr: float = 1e-2
-    vertex_lr: float = 1e-2
+    vertex_lr: float = 3e-3
     lambda_reg: float = 0.01
-    lambda_dir: float = 100.0
+    lambda_dir: float = 1.0
+    lambda_normal: float = 0.02
     laplacian_power: int = 2
-    vertex_modes: int = 48
+    vertex_modes: int = 16
+    vertex_pose: bool = False  # the pose is settled by the global stage; moving it later drifts
     samples: int = 400
     seed: int = 0
+    threads: int = 1  # small matrices; several threads on a busy CPU slowed fits up to 8x here
 
 
 @dataclass
@@ -184,12 +191,22 @@ def fit_dals(
     is known. ``progress(fraction, stage)`` is called every step; ``should_stop()``
     returning True raises :class:`FitCancelled`.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop) -> FitResult:
     began = time.perf_counter()
     torch.manual_seed(settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
     for p in decoder.parameters():
         p.requires_grad_(False)
     template, faces = icosphere(settings.level)
+    pairs = face_pairs(faces)
     with torch.no_grad():
         mean_verts = decoder(template, latent_mean[None])[0]
     task0_points = make_task(1.0).points
@@ -200,17 +217,21 @@ def fit_dals(
     history: list[dict] = []
 
     def run(stage: str, latent: torch.nn.Parameter, steps: int, extra: Callable[[], torch.Tensor], done: int,
-            latent_lr: float, latents: Callable[[], torch.Tensor]) -> None:
-        optimiser = torch.optim.Adam(
-            [{"params": [latent], "lr": latent_lr}, {"params": pose.parameters()}], lr=settings.lr
-        )
+            latent_lr: float, latents: Callable[[], torch.Tensor], train_pose: bool) -> None:
+        groups = [{"params": [latent], "lr": latent_lr}]
+        if train_pose:
+            groups.append({"params": pose.parameters()})
+        optimiser = torch.optim.Adam(groups, lr=settings.lr)
         for step in range(steps):
             if should_stop is not None and should_stop():
                 raise FitCancelled("fit cancelled")
             verts_unit = decoder(template, latents()[None])[0]
             verts = pose(verts_unit)
             task_loss = task.loss(verts, faces, g)
-            loss = task_loss + settings.lambda_reg * quality_loss(verts_unit, faces) + extra()
+            shape_terms = settings.lambda_reg * quality_loss(verts_unit, faces)
+            if settings.lambda_normal:
+                shape_terms = shape_terms + settings.lambda_normal * normal_consistency_loss(verts_unit, faces, pairs)
+            loss = task_loss + shape_terms + extra()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -219,7 +240,7 @@ def fit_dals(
                 progress((done + step + 1) / total, stage)
 
     z = torch.nn.Parameter(latent_mean.clone())
-    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0, settings.lr, lambda: z)
+    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0, settings.lr, lambda: z, True)
     laplacian = uniform_laplacian(faces, len(template))
     modes = laplacian_modes(settings.level, settings.vertex_modes)
     coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]))
@@ -231,7 +252,7 @@ def fit_dals(
     run(
         "per-vertex latents", coefficients, settings.vertex_steps,
         lambda: settings.lambda_dir * laplacian_energy(vertex_latents(), laplacian, settings.laplacian_power),
-        settings.global_steps, settings.vertex_lr, vertex_latents,
+        settings.global_steps, settings.vertex_lr, vertex_latents, settings.vertex_pose,
     )
     with torch.no_grad():
         verts_mm = pose(decoder(template, vertex_latents()[None])[0]).double().numpy()

@@ -58,6 +58,14 @@ def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSe
     }
 
 
+def _fit(make_task, model, settings, source, progress, should_stop) -> tuple[FitResult, ModelBundle, dict]:
+    bundle = load_bundle(model, kind="dals")
+    decoder, latent_mean = decoder_from_bundle(bundle)
+    result = fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop)
+    check_size(bundle, result.pose.scale, source)
+    return result, bundle, _report(bundle, result, str(source), settings)
+
+
 def fit_curves(
     curves: list[np.ndarray],
     model: str | os.PathLike = "liver",
@@ -68,14 +76,9 @@ def fit_curves(
 ) -> DALSFit:
     """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm)."""
     planes = group_planes(curves, str(source))
-    bundle = load_bundle(model, kind="dals")
-    decoder, latent_mean = decoder_from_bundle(bundle)
-    result = fit_dals(
-        decoder, latent_mean, lambda unit_mm: ContourTask(planes, settings.samples, unit_mm),
-        settings, progress, should_stop,
+    result, bundle, report = _fit(
+        lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), model, settings, source, progress, should_stop
     )
-    check_size(bundle, result.pose.scale, source)
-    report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
     return DALSFit(result, bundle, planes, report)
@@ -95,14 +98,9 @@ def fit_points(
         raise InputError(source, "a point cloud of at least 10 points (N, 3) is needed")
     if not np.isfinite(points).all():
         raise InputError(source, "points hold NaN or infinite coordinates")
-    bundle = load_bundle(model, kind="dals")
-    decoder, latent_mean = decoder_from_bundle(bundle)
-    result = fit_dals(
-        decoder, latent_mean, lambda unit_mm: PointTask(points, settings.samples, unit_mm),
-        settings, progress, should_stop,
+    result, bundle, report = _fit(
+        lambda unit_mm: PointTask(points, settings.samples, unit_mm), model, settings, source, progress, should_stop
     )
-    check_size(bundle, result.pose.scale, source)
-    report = _report(bundle, result, str(source), settings)
     return DALSFit(result, bundle, None, report)
 
 

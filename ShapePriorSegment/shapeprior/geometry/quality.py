@@ -37,3 +37,36 @@ def quality_loss(verts: Tensor, faces: Tensor) -> Tensor:
         () or (B,) loss, unitless.
     """
     return 1 - triangle_quality(verts, faces).mean(-1)
+
+
+def face_pairs(faces: Tensor) -> Tensor:
+    """(E, 2) indices of the two faces sharing each interior edge of a manifold mesh."""
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    face_ids = torch.arange(len(faces), device=faces.device).repeat(3)
+    _, inverse, counts = torch.unique(edges, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    shared = counts[inverse[order]] == 2
+    return face_ids[order][shared].reshape(-1, 2)
+
+
+def normal_consistency_loss(verts: Tensor, faces: Tensor, pairs: Tensor | None = None) -> Tensor:
+    """Mean ``1 - cos`` of the angle between the normals of faces sharing an edge.
+
+    0 for a plane, small for a smooth surface, up to 2 where the surface folds back
+    on itself: the term that keeps decoded surfaces free of folds.
+
+    Args:
+        verts: (V, 3) or (B, V, 3) vertex positions.
+        faces: (F, 3) int64 vertex indices.
+        pairs: (E, 2) from :func:`face_pairs` (computed if not given).
+
+    Returns:
+        () or (B,) loss, unitless.
+    """
+    pairs = face_pairs(faces) if pairs is None else pairs
+    corners = verts[..., faces, :]
+    normals = torch.nn.functional.normalize(
+        torch.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :], dim=-1), dim=-1
+    )
+    cos = (normals[..., pairs[:, 0], :] * normals[..., pairs[:, 1], :]).sum(-1)
+    return (1 - cos).mean(-1)

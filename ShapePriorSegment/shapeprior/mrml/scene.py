@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import vtk
 import slicer
 import trimesh
 
@@ -23,6 +24,7 @@ from .bridge import add_closed_curves, add_surface_to_scene
 
 # Module logics a scene needs for what this package puts in it (name -> class name).
 MODULE_LOGICS = {
+    "Colors": "vtkSlicerColorLogic",  # first: volume display nodes look up their color tables here
     "Volumes": "vtkSlicerVolumesLogic",
     "Models": "vtkSlicerModelsLogic",
     "Markups": "vtkSlicerMarkupsLogic",
@@ -40,12 +42,17 @@ def new_scene():
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
     logics = {}
+    # The color logic complains that slicer-core ships no default color files; the
+    # built-in color tables are all a scene needs, so its set-up runs with logging off.
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
     for name, class_name in MODULE_LOGICS.items():
         logic = getattr(slicer, class_name)()
+        logic.SetMRMLApplicationLogic(app_logic)  # before the scene: the color logic needs it then
         logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app_logic)
         app_logic.SetModuleLogic(name, logic)
         logics[name] = logic
+    vtk.vtkLogger.SetStderrVerbosity(verbosity)
     scene.shapeprior_logics = (app_logic, logics)
     return scene
 
@@ -77,7 +84,7 @@ def write_scene_bundle(
     representation. ``report`` is stored as a text node ``<organ> fit report`` (JSON).
     The file appears complete or not at all.
     """
-    path = Path(path_mrb)
+    path = Path(path_mrb).resolve()  # WriteToMRB fails on relative paths
     if path.suffix.lower() != ".mrb":
         raise InputError(path, "a scene bundle must end in .mrb")
     scene = new_scene()
@@ -121,6 +128,7 @@ def read_scene_bundle(path: str | os.PathLike):
     if not path.is_file():
         raise InputError(path, "no such file")
     scene = new_scene()
+    cwd = os.getcwd()
     cache_dir = tempfile.mkdtemp(prefix="shapeprior-mrb-cache-")
     try:
         cache = slicer.vtkCacheManager()
@@ -132,6 +140,9 @@ def read_scene_bundle(path: str | os.PathLike):
         if not scene.ReadFromMRB(str(path)):
             raise InputError(path, "not a readable Slicer scene bundle")
     finally:
+        # ReadFromMRB changes into its unpacking folder (in cache_dir) and stays there when it
+        # fails: without this the process would be left in a deleted working directory.
+        os.chdir(cwd)
         shutil.rmtree(cache_dir, ignore_errors=True)
     return scene
 

@@ -4,7 +4,8 @@ One latent per training shape is learned jointly with the decoder weights. Each
 step decodes a randomly rotated icosphere for a batch of shapes and minimises
 
     Chamfer(points sampled on the decoded surface, points on the true surface)
-    + lambda_reg * triangle-quality loss + lambda_n * ||z||^2
+    + lambda_reg * triangle-quality loss + lambda_normal * normal-consistency loss
+    + lambda_n * ||z||^2
 
 Training shapes can be augmented with smooth random deformations (each copy gets
 its own latent). A checkpoint beside the output is written every few hundred steps
@@ -26,7 +27,7 @@ import trimesh
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..geometry import chamfer_distance, icosphere, quality_loss, sample_surface
+from ..geometry import chamfer_distance, face_pairs, icosphere, normal_consistency_loss, quality_loss, sample_surface
 from ..io import atomic_output, read_mesh
 from ..models.bundle import save_bundle
 from ..models.dals import DALSConfig, DALSDecoder, bundle_tensors
@@ -46,6 +47,7 @@ class DALSTrainSettings:
     lr: float = 2e-3
     lambda_reg: float = 1e-4
     lambda_n: float = 1e-3
+    lambda_normal: float = 0.0
     augment: int = 3
     seed: int = 0
 
@@ -111,6 +113,7 @@ def train_dals(
     optimiser = torch.optim.Adam([{"params": decoder.parameters()}, {"params": [latents]}], lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=4, min_lr=1e-5)
     template, faces = icosphere(settings.level, device=device)
+    pairs = face_pairs(faces)
 
     ckpt = out.with_suffix(out.suffix + ".ckpt")
     start, history = 0, []
@@ -147,7 +150,9 @@ def train_dals(
         samples = sample_surface(verts, faces, settings.points, generator=g if device.type == "cpu" else None)
         chamfer = chamfer_distance(samples, target).mean()
         quality = quality_loss(verts, faces).mean()
-        loss = chamfer + settings.lambda_reg * quality + settings.lambda_n * (latents[batch] ** 2).sum(-1).mean()
+        folds = normal_consistency_loss(verts, faces, pairs).mean()
+        loss = (chamfer + settings.lambda_reg * quality + settings.lambda_normal * folds
+                + settings.lambda_n * (latents[batch] ** 2).sum(-1).mean())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
