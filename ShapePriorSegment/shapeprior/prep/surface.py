@@ -113,17 +113,15 @@ def simplify(mesh: trimesh.Trimesh, target_vertices: int) -> trimesh.Trimesh:
 
     Decimating thin parts too far can pinch an edge into a non-manifold one; then
     larger targets are tried, since a closed surface matters more than the exact
-    count. If none stays closed the first (non-closed) result is returned.
+    count. If none stays closed, a closed input is returned undecimated.
     """
-    best = None
     for factor in (1.0, 1.1, 1.25, 1.5, 2.0):
         faces = max(8, int(2 * target_vertices * factor) - 4)  # closed genus-0: F = 2V - 4
         out = mesh.simplify_quadric_decimation(face_count=faces)
         out.remove_unreferenced_vertices()
         if out.is_watertight and out.is_winding_consistent:
             return out
-        best = best or out
-    return best
+    return mesh if mesh.is_watertight else out
 
 
 def edge_use_counts(mesh: trimesh.Trimesh) -> tuple[int, int]:
