@@ -6,7 +6,6 @@ reads the annotation from the scene and writes the model and segment back, and i
 tested with pytest against slicer-core. This file only wires the panel to it.
 """
 
-import importlib
 import logging
 import os
 import sys
@@ -21,7 +20,6 @@ from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
@@ -31,29 +29,14 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:  # the bundled core package sits beside this file
     sys.path.insert(0, MODULE_DIR)
 
-# Python packages of the core that Slicer does not bundle (numpy, SimpleITK and VTK come
-# with Slicer); kept equal to pyproject.toml by a test. torch is installed through the PyTorch extension when that is present.
-PIP_REQUIREMENTS = [
-    "scipy>=1.10", "trimesh>=4.0", "fast-simplification>=0.1", "pycpd>=2.0", "scikit-image>=0.21", "libigl>=2.5",
-    "tqdm>=4.60",
-]
-TORCH_REQUIREMENT = "torch>=2.1"
-SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
-LOAD_MODEL_ITEM = "Load model file..."
-ANNOTATION_MODES = ("curves", "painted", "mask")
-
-
-def resourcePath(relativePath: str) -> str:
-    """A resource beside the module (installed extension) or one folder up (source tree)."""
-    roots = [os.path.join(MODULE_DIR, "Resources"), os.path.join(os.path.dirname(MODULE_DIR), "Resources")]
-    for root in roots:
-        if os.path.exists(os.path.join(root, relativePath)):
-            return os.path.join(root, relativePath)
-    return os.path.join(roots[0], relativePath)
-
-
-def _nodeId(node):
-    return node.GetID() if node else None
+from ShapePriorSegmentLib import (  # noqa: E402  (needs MODULE_DIR on sys.path)
+    ANNOTATION_MODES,
+    LOAD_MODEL_ITEM,
+    SAMPLE_CONTOURS,
+    resourcePath,
+)
+from ShapePriorSegmentLib import ShapePriorSegmentLogic as LogicWithoutParameterNode  # noqa: E402
+from ShapePriorSegmentLib.logic import nodeId as _nodeId  # noqa: E402
 
 
 #
@@ -467,199 +450,12 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 #
 
 
-class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
-    """Everything the panel does, without GUI: usable from Slicer's Python console.
-
-    The MRML work is in the Qt-free bridge ``shapeprior.mrml.bridge``; the core is
-    imported lazily because its dependencies may not be installed yet.
-    """
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        # The core finds bundled models here (installed extension or source tree).
-        os.environ.setdefault("SHAPEPRIOR_MODELS", resourcePath("Models"))
-        self._organs = {}
+class ShapePriorSegmentLogic(LogicWithoutParameterNode):
+    """The Logic of ``ShapePriorSegmentLib`` (importable and tested outside Slicer) plus this
+    module's typed parameter node."""
 
     def getParameterNode(self):
         return ShapePriorSegmentParameterNode(super().getParameterNode())
-
-    # ---------------------------------------------------------------- dependencies
-
-    @staticmethod
-    def missingDependencies() -> list:
-        """Requirements (torch first) not satisfied in Slicer's Python."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        from packaging.requirements import Requirement
-
-        missing = []
-        for text in [TORCH_REQUIREMENT, *PIP_REQUIREMENTS]:
-            requirement = Requirement(text)
-            try:
-                if requirement.specifier.contains(version(requirement.name), prereleases=True):
-                    continue
-            except PackageNotFoundError:
-                pass
-            missing.append(text)
-        return missing
-
-    def ensureDependencies(self) -> None:
-        """Install what is missing: torch through the PyTorch extension if present, the rest with pip."""
-        missing = self.missingDependencies()
-        if TORCH_REQUIREMENT in missing:
-            self._installTorch()
-        others = [r for r in missing if r != TORCH_REQUIREMENT]
-        if others:
-            self._pipEnsure(others)
-        still = self.missingDependencies()
-        if still:
-            raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
-
-    @classmethod
-    def _installTorch(cls) -> None:
-        try:
-            import PyTorchUtils
-        except ImportError:  # no PyTorch extension: the default wheel from pip
-            cls._pipEnsure([TORCH_REQUIREMENT])
-            return
-        versionRequirement = TORCH_REQUIREMENT[len("torch"):]
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=versionRequirement) is None:
-            raise RuntimeError(_("PyTorch could not be installed; install it with the PyTorch extension."))
-
-    @staticmethod
-    def _pipEnsure(requirements: list) -> None:
-        """``pip_ensure`` (slicer.packaging, Slicer >= 5.12; slicer.pydeps in 5.11), else ``pip_install``."""
-        for moduleName in ("slicer.packaging", "slicer.pydeps"):
-            try:
-                pipModule = importlib.import_module(moduleName)
-            except ImportError:
-                continue
-            if hasattr(pipModule, "pip_ensure"):
-                from packaging.requirements import Requirement
-
-                pipModule.pip_ensure([Requirement(r) for r in requirements], requester="ShapePriorSegment")
-                return
-        slicer.util.pip_install(requirements)
-
-    # ---------------------------------------------------------------- models
-
-    @staticmethod
-    def shippedModels() -> dict:
-        """Organ -> bundle path of the bundled models (``Models/<organ>/model.pt``), without importing the core."""
-        root = os.environ.get("SHAPEPRIOR_MODELS") or resourcePath("Models")
-        if not os.path.isdir(root):
-            return {}
-        found = {name: os.path.join(root, name, "model.pt") for name in sorted(os.listdir(root))}
-        return {organ: path for organ, path in found.items() if os.path.isfile(path)}
-
-    def modelOrgan(self, model: str) -> str:
-        """The organ of a bundled model name or model file (read from the bundle)."""
-        if model not in self._organs:
-            from shapeprior.models.bundle import load_bundle
-
-            self._organs[model] = load_bundle(model, kind="dals").organ
-        return self._organs[model]
-
-    @staticmethod
-    def fitSettings(parameterNode):
-        from shapeprior.fit.dals_fit import FitSettings
-
-        return FitSettings(
-            level=parameterNode.level, global_steps=parameterNode.globalSteps,
-            vertex_steps=parameterNode.vertexSteps, lambda_dir=parameterNode.smoothness,
-        )
-
-    # ---------------------------------------------------------------- annotation and fit
-
-    def readAnnotation(self, mode: str, curveNodes=(), segmentationNode=None, segmentId=None, maskNode=None):
-        """Read the annotation from the scene (main thread) into plain arrays for the worker."""
-        from shapeprior.mrml import bridge
-
-        scene = slicer.mrmlScene
-        if mode == "curves":
-            return bridge.read_curve_annotation(scene, [node.GetID() for node in curveNodes])
-        if mode == "painted":
-            return bridge.read_painted_segment_annotation(scene, _nodeId(segmentationNode), segmentId)
-        if mode == "mask":
-            return bridge.read_mask_annotation(scene, _nodeId(maskNode), segmentId)
-        raise ValueError(f"unknown annotation mode {mode!r}")
-
-    @staticmethod
-    def startFit(annotation, model: str, settings):
-        """Start fitting in a worker thread; poll the returned job, then call :meth:`finishFit`."""
-        from shapeprior.mrml.bridge import FitJob
-
-        return FitJob(annotation, model, settings).start()
-
-    @staticmethod
-    def finishFit(job, **outputs):
-        """Write a finished job's result to the scene (main thread); None if it was cancelled.
-
-        ``outputs``: segmentation_node_id, model_node_id, segment_name, replace, reference_volume_id.
-        """
-        from shapeprior.fit.dals_fit import FitCancelled
-        from shapeprior.mrml import bridge
-
-        try:
-            fit = job.result()
-        except FitCancelled:
-            return None
-        return bridge.add_fit_to_scene(slicer.mrmlScene, fit, job.annotation, **outputs)
-
-    def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,
-                settings=None, progress=None, shouldStop=None) -> dict:
-        """Fit closed-curve nodes synchronously; returns the node ids and the report."""
-        from shapeprior.fit.dals_fit import FitSettings
-        from shapeprior.mrml import bridge
-
-        return bridge.fit_contours_in_scene(
-            slicer.mrmlScene, [node.GetID() for node in curveNodes], model, _nodeId(outputSegmentationNode),
-            settings or FitSettings(), progress, shouldStop, reference_volume_id=_nodeId(referenceVolumeNode),
-        )
-
-    # ---------------------------------------------------------------- scene helpers
-
-    @staticmethod
-    def segmentNameTaken(segmentationNode, name: str) -> bool:
-        return bool(segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(name))
-
-    @staticmethod
-    def interactionNode():
-        return slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
-
-    def startPlacingContour(self, viewName: str):
-        """New closed curve shown (and placed) only on one slice view and the 3D views; enter place mode."""
-        scene = slicer.mrmlScene
-        sliceNode = scene.GetNodeByID(f"vtkMRMLSliceNode{viewName}")
-        if sliceNode is None:
-            raise ValueError(_("The layout has no {view} slice view.").format(view=viewName))
-        node = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode", scene.GenerateUniqueName(f"Contour {viewName}"))
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        display.AddViewNodeID(sliceNode.GetID())
-        for viewNode in slicer.util.getNodesByClass("vtkMRMLViewNode"):
-            display.AddViewNodeID(viewNode.GetID())
-        node.SetAttribute("ShapePriorSegment.View", viewName)
-        selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
-        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsClosedCurveNode")
-        selection.SetActivePlaceNodeID(node.GetID())
-        interaction = self.interactionNode()
-        interaction.SetPlaceModePersistence(1)  # keep adding points until the user ends the curve
-        interaction.SetCurrentInteractionMode(interaction.Place)
-        return node
-
-    @staticmethod
-    def setDistanceColoring(modelNode, on: bool) -> None:
-        display = modelNode.GetDisplayNode() if modelNode else None
-        if display:
-            display.SetScalarVisibility(bool(on))
-
-    @staticmethod
-    def loadSampleContours() -> list:
-        """Load the bundled sample contours; return the closed-curve nodes it added."""
-        before = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLMarkupsClosedCurveNode")}
-        slicer.util.loadMarkups(resourcePath(SAMPLE_CONTOURS))
-        return [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsClosedCurveNode") if n.GetID() not in before]
 
 
 #

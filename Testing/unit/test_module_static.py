@@ -20,12 +20,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "ShapePriorSegment"
 MODULE_FILE = MODULE_DIR / "ShapePriorSegment.py"
+LOGIC_FILE = MODULE_DIR / "ShapePriorSegmentLib" / "logic.py"
 UI_FILE = REPO / "Resources" / "UI" / "ShapePriorSegment.ui"
 ICONS = [REPO / "Resources" / "Icons" / "ShapePriorSegment.png", REPO / "ShapePriorSegment.png"]
 CLASS_BASES = {
     "ShapePriorSegment": "ScriptedLoadableModule",
     "ShapePriorSegmentWidget": "ScriptedLoadableModuleWidget",
-    "ShapePriorSegmentLogic": "ScriptedLoadableModuleLogic",
+    "ShapePriorSegmentLogic": "LogicWithoutParameterNode",  # ShapePriorSegmentLib's Logic, tested with slicer-core
     "ShapePriorSegmentTest": "ScriptedLoadableModuleTest",
 }
 BUNDLED_WITH_SLICER = {"numpy", "simpleitk", "vtk"}
@@ -137,7 +138,10 @@ def test_module_cmake_lists_every_script_and_resource():
             for p in globbed
         )
 
-    package = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "shapeprior").rglob("*.py"))
+    package = sorted(
+        p.relative_to(MODULE_DIR).as_posix()
+        for folder in ("shapeprior", "ShapePriorSegmentLib") for p in (MODULE_DIR / folder).rglob("*.py")
+    )
     assert len(package) > 20
     assert [p for p in package if not covered(p)] == []
 
@@ -174,7 +178,14 @@ def test_icons_are_128_pixel_pngs(icon):
     assert struct.unpack(">II", header[16:24]) == (128, 128)
 
 
-def test_installed_requirements_are_the_core_dependencies(module):
+def test_logic_base_is_slicers_logic():
+    logic = classes(ast.parse(LOGIC_FILE.read_text()))["ShapePriorSegmentLogic"]
+    assert [b.id for b in logic.bases] == ["ScriptedLoadableModuleLogic"]
+
+
+def test_installed_requirements_are_the_core_dependencies():
+    module = ast.parse(LOGIC_FILE.read_text())
+
     def name(requirement: str) -> str:
         return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
 
