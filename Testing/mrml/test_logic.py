@@ -43,3 +43,27 @@ def test_logic_finish_of_a_cancelled_job_adds_nothing(tiny_model):
 def test_logic_reports_dependencies_and_models():
     assert ShapePriorSegmentLogic.missingDependencies() == []
     assert "liver" in ShapePriorSegmentLogic.shippedModels()
+
+
+def test_cli_out_scene_reloads_with_the_fitted_geometry(tiny_model, tmp_path):
+    import numpy as np
+    from vtk.util import numpy_support
+
+    from shapeprior.cli import main
+    from shapeprior.io import read_mesh
+    from shapeprior.mrml.scene import read_scene_bundle
+
+    sample = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+    out = tmp_path / "result.mrb"
+    code = main(["-q", "fit-contours", str(sample / "liver-contours.mrk.json"), "--model", str(tiny_model),
+                 "--level", "2", "--global-steps", "3", "--vertex-steps", "2", "--reference",
+                 str(sample / "liver-painted.nii.gz"), "--out-model", str(tmp_path / "m.vtk"), "--out-scene", str(out)])
+    assert code == 0 and out.is_file()
+    scene = read_scene_bundle(out)
+    assert len(nodes_by_class(scene, "vtkMRMLMarkupsClosedCurveNode")) == 3
+    assert len(nodes_by_class(scene, "vtkMRMLScalarVolumeNode")) == 1
+    assert len(nodes_by_class(scene, "vtkMRMLSegmentationNode")) == 1
+    (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
+    ras = numpy_support.vtk_to_numpy(model.GetPolyData().GetPoints().GetData())
+    lps = read_mesh(tmp_path / "m.vtk").vertices
+    assert np.allclose(ras * [-1, -1, 1], lps, atol=1e-3)  # the scene holds RAS, the file LPS
