@@ -258,3 +258,15 @@ def test_prepare_hippocampus_with_labels_and_images(hippocampus_paths, tmp_path,
         assert entry["image"] == str((images / image.name).resolve())
         voxels = (sitk.GetArrayViewFromImage(sitk.ReadImage(str(label))) > 0).sum()  # 1 mm voxels
         assert entry["volume_mm3"] == pytest.approx(voxels, rel=0.25)
+
+
+def test_a_bad_file_after_good_ones_stops_before_anything_is_written(good_src, tmp_path, capsys):
+    bad = good_src / "case_9.nii.gz"  # sorted last: every good mask comes before it
+    sitk.WriteImage(sitk.Image(16, 16, 16, sitk.sitkUInt8), str(bad))
+    out = tmp_path / "out"
+
+    assert main(["-q", "prepare", str(good_src), str(out), *FAST]) == 2
+    assert _error_line(capsys.readouterr().err).startswith(f"shapeprior: error: {bad}: empty mask")
+    assert not out.exists()
+    bad.unlink()  # fixed: the same command now runs from scratch
+    assert main(["-q", "prepare", str(good_src), str(out), *FAST]) == 0

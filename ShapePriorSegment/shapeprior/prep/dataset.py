@@ -115,6 +115,15 @@ def _open_manifest(out: Path, src: Path, settings: PrepareSettings) -> dict:
     }
 
 
+def _check_input(path: Path, kind: str, settings: PrepareSettings, image: Path | None) -> None:
+    if kind == "mesh":
+        read_mesh(path)
+        return
+    mask = read_mask(path, settings.labels)
+    if image is not None:
+        check_same_grid(read_image(image), mask, image, path)
+
+
 def _extract_surface(path: Path, kind: str, settings: PrepareSettings, image: Path | None) -> tuple[trimesh.Trimesh, dict]:
     info: dict = {}
     if kind == "mask":
@@ -175,9 +184,13 @@ def prepare_dataset(
         raise InputError(images_dir, "not a folder")
     manifest = _open_manifest(out, src, settings)
     shapes = manifest["shapes"]
+    todo = [item for item in inputs if not (out / shapes.get(item[0], {}).get("surface", "-")).is_file()]
+    # Every input is read once before anything is written, so a bad file stops the run
+    # with an empty output folder: the user fixes it (or --label) and starts afresh.
+    for name, path, kind in _progress(todo, len(todo), "checking inputs", progress):
+        _check_input(path, kind, settings, find_image(images_dir, name) if images_dir and kind == "mask" else None)
     out.mkdir(parents=True, exist_ok=True)
 
-    todo = [item for item in inputs if not (out / shapes.get(item[0], {}).get("surface", "-")).is_file()]
     for name, path, kind in _progress(todo, len(todo), "surfaces", progress):
         image = find_image(images_dir, name) if images_dir is not None and kind == "mask" else None
         mesh, info = _extract_surface(path, kind, settings, image)
