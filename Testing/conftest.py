@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import SimpleITK as sitk
 import trimesh
 from scipy.spatial.transform import Rotation
@@ -112,7 +113,6 @@ def helpers() -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """Path of a randomly initialised DALS liver bundle small enough to fit in well under a second."""
-    import torch
 
     from shapeprior.models.bundle import save_bundle
     from shapeprior.models.dals import DALSConfig, DALSDecoder, bundle_tensors
@@ -153,3 +153,13 @@ def hippocampus_paths(data_dir) -> list[tuple[Path, Path]]:
     if len(pairs) < 3 or not all(img.is_file() for _, img in pairs):
         pytest.skip(f"fewer than 3 hippocampus label/image pairs in {data_dir / 'hippocampus'}")
     return pairs
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: on a 2-core machine with other jobs beside the
+    tests, small networks run several times faster than with two contending threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,7 @@ stderr and exit code 2; outputs are written atomically, so nothing half-made is 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -142,6 +143,11 @@ def _fit_settings(args: argparse.Namespace):
 LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
+def _has_slicer_core() -> bool:
+    """Scene bundles need the MRML bridge, i.e. the optional ``slicer`` extra."""
+    return importlib.util.find_spec("slicer_core") is not None
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     from .io.meshes import MESH_SUFFIXES
 
@@ -155,10 +161,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.out_scene:
         if not args.out_scene.lower().endswith(".mrb"):
             raise InputError(args.out_scene, "a scene bundle must end in .mrb")
-        try:
-            import slicer_core  # noqa: F401  (the MRML bridge needs the slicer extra)
-        except ImportError:
-            raise InputError(args.out_scene, "needs slicer-core: pip install 'shapeprior[slicer]'") from None
+        if not _has_slicer_core():
+            raise InputError(args.out_scene, "needs slicer-core: pip install 'shapeprior[slicer]'")
     for path in filter(None, outputs):
         if os.path.exists(path) and not args.overwrite:
             raise InputError(path, "exists; pass --overwrite to replace it")
@@ -199,8 +203,9 @@ def _write_fit_outputs(args: argparse.Namespace, fit, reference_image, curves: l
     if args.out_scene:
         from .mrml.scene import write_scene_bundle
 
-        volume = args.reference if getattr(args, "reference", None) else None
-        write_scene_bundle(args.out_scene, curves, fit.result.mesh, fit.bundle.organ, volume_path=volume, report=fit.report)
+        write_scene_bundle(
+            args.out_scene, curves, fit.result.mesh, fit.bundle.organ, volume_path=args.reference, report=fit.report
+        )
 
 
 def _add_fit_contours(sub: argparse._SubParsersAction) -> None:
@@ -289,12 +294,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         "--out-model", os.path.join(out, "liver.vtk"), "--out-seg", os.path.join(out, "liver.seg.nrrd"),
         "--report", os.path.join(out, "report.json"),
     ]
-    try:
-        import slicer_core  # noqa: F401
-
+    if _has_slicer_core():
         argv += ["--out-scene", os.path.join(out, "liver.mrb")]
-    except ImportError:
-        pass
     if args.overwrite:
         argv.append("--overwrite")
     sub_args = build_parser().parse_args((["-q"] if args.quiet else []) + argv)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 import trimesh
 
 import shapeprior.fit.run as fit_run
@@ -32,13 +31,7 @@ CENTRE = np.array([20.0, -30.0, 40.0])
 RADII = np.array([100.0, 80.0, 70.0])  # liver-sized: the tiny model's range is 80-130 mm per unit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine has 2 cores and a training job beside the tests: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ellipse(axis: int, scale: float = 1.0, count: int = 24) -> np.ndarray:

@@ -45,13 +45,7 @@ from shapeprior.transform import Similarity
 FAST = FitSettings(level=2, global_steps=20, vertex_steps=10, vertex_modes=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine has 2 cores and a training job beside the tests: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ellipse(centre, u, v, a: float, b: float, count: int = 24) -> np.ndarray:

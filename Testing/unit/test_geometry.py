@@ -366,3 +366,16 @@ def test_similarity_matrix_round_trip():
     homogeneous = np.c_[points, np.ones(5)] @ a.matrix().T
     np.testing.assert_allclose(homogeneous[:, :3], a.apply(points), atol=1e-12)
     np.testing.assert_allclose(Similarity.from_dict(a.to_dict()).matrix(), a.matrix(), atol=0)
+
+
+def test_normal_consistency_matches_trimesh_dihedral_angles():
+    from shapeprior.geometry import normal_consistency_loss
+
+    verts, faces = icosphere(2)
+    verts = verts * torch.tensor([1.0, 0.7, 0.4])  # an ellipsoid: angles differ across the mesh
+    mesh = trimesh.Trimesh(verts.numpy(), faces.numpy(), process=False)
+    expected = (1 - np.cos(mesh.face_adjacency_angles)).mean()
+    assert float(normal_consistency_loss(verts, faces)) == pytest.approx(expected, rel=1e-4)
+    folded = verts.clone()
+    folded[0] = -0.5 * folded[0]  # pull one vertex through the surface: a fold
+    assert float(normal_consistency_loss(folded, faces)) > 2 * expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import trimesh
 from torch import Tensor
 
 from .sampling import face_areas
@@ -40,13 +41,9 @@ def quality_loss(verts: Tensor, faces: Tensor) -> Tensor:
 
 
 def face_pairs(faces: Tensor) -> Tensor:
-    """(E, 2) indices of the two faces sharing each interior edge of a manifold mesh."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
-    face_ids = torch.arange(len(faces), device=faces.device).repeat(3)
-    _, inverse, counts = torch.unique(edges, dim=0, return_inverse=True, return_counts=True)
-    order = torch.argsort(inverse, stable=True)
-    shared = counts[inverse[order]] == 2
-    return face_ids[order][shared].reshape(-1, 2)
+    """(E, 2) indices of the two faces sharing each interior edge (trimesh's face adjacency)."""
+    pairs = trimesh.graph.face_adjacency(faces=faces.detach().cpu().numpy())
+    return torch.as_tensor(pairs, dtype=torch.long, device=faces.device)
 
 
 def normal_consistency_loss(verts: Tensor, faces: Tensor, pairs: Tensor | None = None) -> Tensor:

@@ -23,6 +23,7 @@ import slicer
 import trimesh
 import vtk
 from scipy.spatial import cKDTree
+from slicer.util import arrayFromVTKMatrix, vtkMatrixFromArray
 from vtkmodules.util import numpy_support
 
 from ..errors import InputError
@@ -31,6 +32,8 @@ from ..fit.dals_fit import FitSettings
 from ..fit.run import DALSFit, fit_curves, fit_points
 from ..io.labelmaps import painted_slice_contours
 from ..io.markups import RAS_TO_LPS
+from ..io.meshes import polydata_to_trimesh, trimesh_to_polydata
+from ..prep.surface import index_to_physical, mask_to_surface
 
 CLOSED_SURFACE = "Closed surface"
 DISTANCE_ARRAY = "DistanceToAnnotation"
@@ -79,18 +82,6 @@ def _get_node(scene, node_id: str | None, class_name: str, what: str):
     return node
 
 
-def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
-
-
 def _to_world(node) -> np.ndarray:
     """4x4 matrix from the node's local RAS to world RAS (its linear parent transforms)."""
     parent = node.GetParentTransformNode()
@@ -100,7 +91,7 @@ def _to_world(node) -> np.ndarray:
         raise InputError(node.GetName(), "is under a non-linear transform; harden the transform first")
     matrix = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(matrix)
-    return _matrix_to_numpy(matrix)
+    return arrayFromVTKMatrix(matrix)
 
 
 def _remove_node(scene, node) -> None:
@@ -219,7 +210,7 @@ def read_volume_mask(scene, volume_node_id: str, label: int | None = None) -> si
         raise InputError(node.GetName(), "holds no image data")
     ijk_to_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(ijk_to_ras)
-    return _image_data_to_sitk(node.GetImageData(), _to_world(node) @ _matrix_to_numpy(ijk_to_ras), node.GetName(), label)
+    return _image_data_to_sitk(node.GetImageData(), _to_world(node) @ arrayFromVTKMatrix(ijk_to_ras), node.GetName(), label)
 
 
 def read_segment_mask(scene, segmentation_node_id: str, segment_id: str) -> sitk.Image:
@@ -236,7 +227,7 @@ def read_segment_mask(scene, segmentation_node_id: str, segment_id: str) -> sitk
             raise InputError(name, "has no binary labelmap representation")
     image_to_world = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(image_to_world)
-    return _image_data_to_sitk(labelmap, _to_world(node) @ _matrix_to_numpy(image_to_world), name)
+    return _image_data_to_sitk(labelmap, _to_world(node) @ arrayFromVTKMatrix(image_to_world), name)
 
 
 def add_labelmap_node(scene, mask: sitk.Image, name: str = "mask") -> str:
@@ -247,11 +238,8 @@ def add_labelmap_node(scene, mask: sitk.Image, name: str = "mask") -> str:
     scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
     scalars.SetName("ImageScalars")
     image_data.GetPointData().SetScalars(scalars)
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = np.array(mask.GetDirection()).reshape(3, 3) * np.array(mask.GetSpacing())
-    index_to_lps[:3, 3] = mask.GetOrigin()
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
-    node.SetIJKToRASMatrix(_numpy_to_matrix(RAS_LPS_4 @ index_to_lps))
+    node.SetIJKToRASMatrix(vtkMatrixFromArray(RAS_LPS_4 @ index_to_physical(mask)))
     node.SetAndObserveImageData(image_data)
     node.CreateDefaultDisplayNodes()
     return node.GetID()
@@ -270,8 +258,6 @@ def read_painted_segment_annotation(scene, segmentation_node_id: str, segment_id
 
 def mask_surface_points(mask: sitk.Image, source: str = "mask") -> np.ndarray:
     """Points (N, 3) LPS mm on a mask's smoothed surface, without the cut at the image border."""
-    from ..prep.surface import mask_to_surface
-
     mesh = mask_to_surface(mask, smoothing_mm=1.0, interpolate=True, target_vertices=4000)
     direction = np.array(mask.GetDirection()).reshape(3, 3)
     index = (mesh.vertices - np.array(mask.GetOrigin())) @ direction / np.array(mask.GetSpacing())
@@ -385,17 +371,8 @@ def surface_polydata(
     ``distances`` (one per vertex) becomes the point array ``DistanceToAnnotation``;
     ``normals`` adds outward vertex normals (smooth shading of a model node).
     """
-    points = vtk.vtkPoints()
-    points.SetData(_point_array(mesh_lps.vertices * RAS_TO_LPS, "Points"))
-    faces = np.asarray(mesh_lps.faces, dtype=np.int64)
-    cells = vtk.vtkCellArray()
-    cells.SetData(
-        numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(faces) + 1, 3, dtype=np.int64), deep=True),
-        numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(faces.ravel()), deep=True),
-    )
-    poly = vtk.vtkPolyData()
-    poly.SetPoints(points)
-    poly.SetPolys(cells)
+    # RAS <-> LPS is a half-turn about z (determinant +1), so the faces keep their winding.
+    poly = trimesh_to_polydata(trimesh.Trimesh(mesh_lps.vertices * RAS_TO_LPS, mesh_lps.faces, process=False), None)
     if distances is not None:
         poly.GetPointData().AddArray(_point_array(distances, DISTANCE_ARRAY))
     if normals:
@@ -407,14 +384,8 @@ def polydata_to_mesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
     """Triangle mesh in LPS from a vtkPolyData in RAS (inverse of :func:`surface_polydata`)."""
     if poly is None or poly.GetNumberOfPoints() == 0:
         raise InputError(None, "the surface has no points")
-    if poly.GetPolys().GetMaxCellSize() != 3:
-        triangulate = vtk.vtkTriangleFilter()
-        triangulate.SetInputData(poly)
-        triangulate.Update()
-        poly = triangulate.GetOutput()
-    vertices = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64) * RAS_TO_LPS
-    faces = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
-    return trimesh.Trimesh(vertices, faces, process=False)
+    mesh = polydata_to_trimesh(poly)
+    return trimesh.Trimesh(mesh.vertices * RAS_TO_LPS, mesh.faces, process=False)
 
 
 def annotation_distances(mesh_lps: trimesh.Trimesh, points_lps: np.ndarray) -> np.ndarray:

@@ -150,9 +150,9 @@ def train_dals(
         samples = sample_surface(verts, faces, settings.points, generator=g if device.type == "cpu" else None)
         chamfer = chamfer_distance(samples, target).mean()
         quality = quality_loss(verts, faces).mean()
-        folds = normal_consistency_loss(verts, faces, pairs).mean()
-        loss = (chamfer + settings.lambda_reg * quality + settings.lambda_normal * folds
-                + settings.lambda_n * (latents[batch] ** 2).sum(-1).mean())
+        loss = chamfer + settings.lambda_reg * quality + settings.lambda_n * (latents[batch] ** 2).sum(-1).mean()
+        if settings.lambda_normal:
+            loss = loss + settings.lambda_normal * normal_consistency_loss(verts, faces, pairs).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
