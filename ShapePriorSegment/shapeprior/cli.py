@@ -101,10 +101,129 @@ def _run_train_dals(args: argparse.Namespace) -> int:
         lambda_normal=args.lambda_normal,
         augment=args.augment, seed=args.seed,
     )
-    command = "shapeprior " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("shapeprior") else ""
-    path = train_dals(args.dataset, args.out, settings, command=command, progress=not args.quiet, device=args.device)
+    path = train_dals(args.dataset, args.out, settings, command=_command_line(), progress=not args.quiet, device=args.device)
     print(f"wrote {path}")
     return 0
+
+
+def _add_train_sdf(sub: argparse._SubParsersAction) -> None:
+    from .train.sdf import SDFTrainSettings
+
+    d = SDFTrainSettings()
+    p = sub.add_parser(
+        "train-sdf",
+        help="train a DeepSDF decoder and its PCA shape space on a prepared dataset",
+        description="Auto-decoder training of an implicit (signed-distance) decoder on the SDF samples of a "
+        "prepared dataset, then PCA of the latents (resumable: re-run the same command).",
+    )
+    p.add_argument("dataset", help="folder made by `shapeprior prepare` (with SDF samples)")
+    p.add_argument("out", help="model bundle to write (.pt); its checkpoint is OUT.ckpt")
+    p.add_argument("--include", action="append", help="shape-name pattern to use (repeatable; default all)")
+    p.add_argument("--holdout-every", type=int, default=d.holdout_every,
+                   help="hold out every n-th shape of the sorted names for benchmarks (0: none)")
+    p.add_argument("--organ", default="organ", help="organ name stored in the model")
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--samples", type=int, default=d.samples, help="SDF samples per shape and step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lambda-z", type=float, default=d.lambda_z, help="latent prior weight")
+    p.add_argument("--pca-variance", type=float, default=d.pca_variance, help="explained variance the PCA keeps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(run=_run_train_sdf)
+
+
+def _run_train_sdf(args: argparse.Namespace) -> int:
+    from .train.sdf import SDFTrainSettings, train_sdf
+
+    settings = SDFTrainSettings(
+        include=args.include or ["*"], holdout_every=args.holdout_every, organ=args.organ,
+        latent_dim=args.latent_dim, width=args.width, layers=args.layers, dropout=args.dropout, steps=args.steps,
+        batch=args.batch, samples=args.samples, lr=args.lr, lambda_z=args.lambda_z,
+        pca_variance=args.pca_variance, seed=args.seed,
+    )
+    path = train_sdf(args.dataset, args.out, settings, command=_command_line(), progress=not args.quiet,
+                     device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_train_pose(sub: argparse._SubParsersAction) -> None:
+    from .train.pose import PoseTrainSettings
+
+    d = PoseTrainSettings()
+    p = sub.add_parser(
+        "train-pose",
+        help="train the DISSM pose agent of an implicit shape model on its training images",
+        description="Train the image -> pose -> shape agent (translation, scale, rotation, shape stages) on the "
+        "training images of an SDF model's dataset; writes a complete image-fitting (dissm) model. Resumable.",
+    )
+    p.add_argument("sdf_model", help="model from `shapeprior train-sdf` (.pt)")
+    p.add_argument("dataset", help="the dataset folder it was trained on (prepared with --images)")
+    p.add_argument("out", help="model bundle to write (.pt); its checkpoint is OUT.ckpt")
+    p.add_argument("--steps", default=",".join(map(str, d.steps)), help="training steps per stage, comma-separated")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--fit-steps", type=int, default=d.fit_steps, help="agent steps per stage when fitting")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_train_pose)
+
+
+def _run_train_pose(args: argparse.Namespace) -> int:
+    from .train.pose import PoseTrainSettings, train_pose
+
+    try:
+        steps = [int(v) for v in args.steps.split(",")]
+    except ValueError:
+        raise InputError(None, f"--steps must be integers separated by commas, got {args.steps!r}") from None
+    if len(steps) != 4:
+        raise InputError(None, "--steps needs four values: translation, scale, rotation, shape")
+    settings = PoseTrainSettings(steps=steps, batch=args.batch, lr=args.lr, fit_steps=args.fit_steps, seed=args.seed)
+    path = train_pose(args.sdf_model, args.dataset, args.out, settings, command=_command_line(),
+                      progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_train_unet(sub: argparse._SubParsersAction) -> None:
+    from .train.unet import UNetTrainSettings
+
+    d = UNetTrainSettings()
+    p = sub.add_parser(
+        "train-unet",
+        help="train the plain 3D U-Net baseline on a prepared dataset's images",
+        description="Train a MONAI 3D U-Net on the training split of a dataset prepared with --images "
+        "(the baseline of `benchmark image`; its masks are also refined in `benchmark refine`). Resumable.",
+    )
+    p.add_argument("dataset", help="folder made by `shapeprior prepare --images`")
+    p.add_argument("out", help="model bundle to write (.pt); its checkpoint is OUT.ckpt")
+    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(run=_run_train_unet)
+
+
+def _run_train_unet(args: argparse.Namespace) -> int:
+    from .train.unet import UNetTrainSettings, train_unet
+
+    settings = UNetTrainSettings(holdout_every=args.holdout_every, steps=args.steps, batch=args.batch, lr=args.lr,
+                                 seed=args.seed)
+    path = train_unet(args.dataset, args.out, settings, command=_command_line(), progress=not args.quiet,
+                      device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def _command_line() -> str:
+    """The command as typed, for a model's record (empty when not run as ``shapeprior``)."""
+    return "shapeprior " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("shapeprior") else ""
 
 
 def _add_fit_tuning(p: argparse.ArgumentParser) -> None:
@@ -271,6 +390,65 @@ def _run_fit_points(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit_image(sub: argparse._SubParsersAction) -> None:
+    from .models.pose_agent import STAGES
+
+    p = sub.add_parser(
+        "fit-image",
+        help="image -> organ surface and segmentation with an implicit shape model and its pose agent (DISSM)",
+        description="Fit a DISSM model straight to an image: the learned agent places, scales, rotates and then "
+        "deforms the shape model (" + " -> ".join(STAGES) + ").",
+    )
+    p.add_argument("input", help="image (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--model", default="hippocampus", help="shipped model name or a .pt bundle (default: hippocampus)")
+    p.add_argument("--stages", default=",".join(STAGES), help="stages to run, in order (stop early for QA)")
+    p.add_argument("--steps", type=int, help="agent steps per stage (default: the model's)")
+    p.add_argument("--out-model", help="fitted surface, LPS mm (.vtk/.vtp for Slicer, or .stl/.ply/.obj)")
+    p.add_argument("--out-seg", help="segmentation on the image grid (.nii.gz, .nrrd or .seg.nrrd)")
+    p.add_argument("--report", help="JSON report: pose and loadings per stage, time")
+    p.add_argument("--out-scene", help="Slicer scene bundle (.mrb): image, model, segmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(run=_run_fit_image)
+
+
+def _run_fit_image(args: argparse.Namespace) -> int:
+    from .fit.image_fit import DISSMModel, fit_image
+    from .io import read_image, write_json, write_mesh
+    from .io.labelmaps import write_labelmap
+    from .models.bundle import load_bundle
+    from .models.pose_agent import STAGES
+
+    _check_outputs(args)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if not stages or any(s not in STAGES for s in stages) or list(stages) != list(STAGES[: len(stages)]):
+        raise InputError(None, f"--stages must be a leading part of {','.join(STAGES)}, got {args.stages!r}")
+    bundle = load_bundle(args.model, kind="dissm")
+    image = read_image(args.input)
+    model = DISSMModel.from_bundle(bundle)
+    bar, update = _progress_bar(args.quiet)
+    with bar:
+        fit = fit_image(model, image, stages, args.steps, source=args.input, progress=update)
+    for warning in fit.warnings:
+        print(f"shapeprior: warning: {warning}", file=sys.stderr)
+    report = {"input": args.input, "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
+              "pose_convention": "x = t + R (s * u), u in the model unit sphere", "stages": fit.stages,
+              "seconds": fit.seconds, "warnings": fit.warnings,
+              "volume_ml": float(fit.mesh.volume) / 1000.0}
+    if args.out_model:
+        write_mesh(fit.mesh, args.out_model)
+    if args.out_seg:
+        write_labelmap(fit.segmentation, args.out_seg, name=bundle.organ)
+    if args.report:
+        write_json(report, args.report)
+    if args.out_scene:
+        from .mrml.scene import write_scene_bundle
+
+        write_scene_bundle(args.out_scene, [], fit.mesh, bundle.organ, volume_path=args.input, report=report)
+    print(f"fitted {bundle.organ} to {args.input} ({', '.join(stages)}) in {fit.seconds:.1f} s: "
+          f"volume {report['volume_ml'] * 1000:.0f} mm3")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="fit the shipped liver model to the bundled sample contours",
@@ -319,28 +497,50 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--markdown", help="write the summary tables here (Markdown)")
     _add_fit_tuning(c)
     c.set_defaults(run=_run_benchmark_contours)
+    i = kinds.add_parser(
+        "image", help="image -> organ: DISSM per stage vs a 3D U-Net on held-out images",
+        description="Fits the DISSM model to the held-out images of its dataset split and scores every stage "
+        "(Dice, HD95, ASSD, time) beside a U-Net run in the same process.",
+    )
+    i.add_argument("--data", required=True, help="the dataset folder the model was trained on")
+    i.add_argument("--model", default="hippocampus", help="dissm model (default: hippocampus)")
+    i.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (the baseline)")
+    i.add_argument("--limit", type=int, default=0, help="first N held-out cases (0: all)")
+    i.add_argument("--out", help="write per-case results here (JSON)")
+    i.add_argument("--markdown", help="write the summary table here (Markdown)")
+    i.set_defaults(run=_run_benchmark_image)
 
 
 def _run_benchmark_contours(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bench.contours import run_benchmark, summarise
-    from .io import write_json
 
     result = run_benchmark(
         Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model, _fit_settings(args),
         limit=args.limit or None, planes_curve=tuple(int(n) for n in args.planes.split(",")), progress=not args.quiet,
     )
-    table = summarise(result)
+    _write_benchmark(args, result, summarise(result))
+    return 0
+
+
+def _run_benchmark_image(args: argparse.Namespace) -> int:
+    from .bench.image import run_benchmark, summarise
+
+    result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet)
+    _write_benchmark(args, result, summarise(result))
+    return 0
+
+
+def _write_benchmark(args: argparse.Namespace, result: dict, table: str) -> None:
+    from .io import atomic_output, write_json
+
     if args.out:
         write_json(result, args.out)
     if args.markdown:
-        from .io import atomic_output
-
         with atomic_output(args.markdown) as tmp:
             tmp.write_text(table + "\n")
     print(table)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,8 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train_dals(sub)
+    _add_train_sdf(sub)
+    _add_train_pose(sub)
+    _add_train_unet(sub)
     _add_fit_contours(sub)
     _add_fit_points(sub)
+    _add_fit_image(sub)
     _add_demo(sub)
     _add_benchmark(sub)
     return parser

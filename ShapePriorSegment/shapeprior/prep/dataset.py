@@ -14,6 +14,7 @@ manifest after each shape, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,24 @@ class PrepareSettings:
     sdf_samples: int = 100_000
     anchor: str | None = None
     seed: int = 0
+
+
+def select_shapes(manifest: dict, patterns: list[str]) -> list[str]:
+    """Sorted names of the prepared shapes matching any of the ``fnmatch`` patterns."""
+    names = [n for n in manifest["shapes"] if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    names = [n for n in names if "unit" in manifest["shapes"][n]]
+    if not names:
+        raise InputError(None, f"no prepared shapes match {', '.join(patterns)}")
+    return sorted(names)
+
+
+def split_names(names: list[str], holdout_every: int) -> tuple[list[str], list[str]]:
+    """(training, held out): every ``holdout_every``-th of the sorted names is held out (0: none)."""
+    names = sorted(names)
+    if holdout_every <= 0:
+        return names, []
+    held = names[::holdout_every]
+    return [n for n in names if n not in held], held
 
 
 def shape_name(path: Path) -> str:

@@ -14,8 +14,6 @@ and picked up again by a re-run with the same settings.
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +24,19 @@ import torch
 import trimesh
 from tqdm import tqdm
 
-from ..errors import InputError
-from ..geometry import chamfer_distance, face_pairs, icosphere, normal_consistency_loss, quality_loss, sample_surface
-from ..io import atomic_output, read_mesh
+from ..geometry import (
+    chamfer_distance,
+    face_pairs,
+    icosphere,
+    normal_consistency_loss,
+    quality_loss,
+    sample_surface,
+)
+from ..io import read_mesh
 from ..models.bundle import save_bundle
 from ..models.dals import DALSConfig, DALSDecoder, bundle_tensors
-from ..transform import Similarity
+from ..prep.dataset import select_shapes
+from .common import load_checkpoint, read_manifest, save_checkpoint, size_metadata
 
 
 @dataclass
@@ -50,14 +55,6 @@ class DALSTrainSettings:
     lambda_normal: float = 0.0
     augment: int = 3
     seed: int = 0
-
-
-def select_shapes(manifest: dict, patterns: list[str]) -> list[str]:
-    names = [n for n in manifest["shapes"] if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    names = [n for n in names if "unit" in manifest["shapes"][n]]
-    if not names:
-        raise InputError(None, f"no prepared shapes match {', '.join(patterns)}")
-    return sorted(names)
 
 
 def smooth_deformation(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -98,10 +95,7 @@ def train_dals(
 ) -> Path:
     """Train and write a ``dals`` bundle to ``out`` (checkpoint: ``out`` + ``.ckpt``)."""
     dataset, out = Path(dataset), Path(out)
-    manifest_path = dataset / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(dataset, "not a prepared dataset (no manifest.json); run `shapeprior prepare` first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(dataset)
     names = select_shapes(manifest, settings.include)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
@@ -115,26 +109,21 @@ def train_dals(
     template, faces = icosphere(settings.level, device=device)
     pairs = face_pairs(faces)
 
-    ckpt = out.with_suffix(out.suffix + ".ckpt")
     start, history = 0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state["settings"] != asdict(settings):
-            raise InputError(ckpt, "checkpoint was made with other settings; delete it or change --out")
+    state = load_checkpoint(out, asdict(settings), device)
+    if state is not None:
         decoder.load_state_dict(state["decoder"])
         latents.data.copy_(state["latents"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
 
-    def save_checkpoint(step: int) -> None:
-        state = {
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, {
             "settings": asdict(settings), "step": step, "history": history,
             "decoder": decoder.state_dict(), "latents": latents.detach(),
             "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-        }
-        with atomic_output(ckpt) as tmp:
-            torch.save(state, tmp)
+        })
 
     window, window_loss = 250, 0.0
     bar = tqdm(total=settings.steps, initial=start, desc="train-dals", disable=not progress, dynamic_ncols=True)
@@ -163,22 +152,17 @@ def train_dals(
             history.append({"step": step + 1, "chamfer": mean, "quality_loss": quality.item(),
                             "lr": optimiser.param_groups[0]["lr"]})
             window_loss = 0.0
-            save_checkpoint(step + 1)
+            checkpoint(step + 1)
         bar.set_postfix(chamfer=f"{chamfer.item():.2e}", q=f"{1 - quality.item():.3f}", refresh=False)
         bar.update(1)
     bar.close()
-    save_checkpoint(settings.steps)
+    checkpoint(settings.steps)
 
-    from_unit = [Similarity.from_dict(manifest["shapes"][n]["from_unit"]) for n in names]
     metadata = {
         "organ": settings.organ,
         "units": "mm",
         "frame": "unit sphere of the anchor-aligned training shapes; files and fitting inputs are LPS mm",
-        "normalisation": {
-            "mm_per_unit_median": float(np.median([t.scale for t in from_unit])),
-            "mm_per_unit_range": [float(min(t.scale for t in from_unit)), float(max(t.scale for t in from_unit))],
-            "anchor": manifest["anchor"],
-        },
+        "normalisation": size_metadata(manifest, names),
         "config": config.to_dict(),
         "training": {
             **asdict(settings),

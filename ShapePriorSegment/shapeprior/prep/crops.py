@@ -1,0 +1,82 @@
+"""Fixed-size image grids for the pose agent and the U-Net baseline.
+
+Every image is resampled onto a grid of fixed size and spacing, centred on the
+image's physical centre and sharing its direction cosines, so a network sees the
+same geometry whatever the crop size. ``grid_to_lps`` (4x4) maps the grid's
+continuous (i, j, k) indices to LPS millimetres; arrays are stored (k, j, i).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    size: tuple[int, int, int] = (32, 44, 32)  # (i, j, k) voxels
+    spacing_mm: float = 1.5
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "spacing_mm": self.spacing_mm}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GridSpec":
+        return cls(tuple(int(v) for v in d["size"]), float(d["spacing_mm"]))
+
+
+def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
+    """An empty reference image of ``spec`` centred on ``image``'s physical centre."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+    size = np.array(spec.size)
+    origin = centre - direction @ ((size - 1) / 2 * spec.spacing_mm)
+    reference = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    reference.SetSpacing([spec.spacing_mm] * 3)
+    reference.SetDirection(image.GetDirection())
+    reference.SetOrigin(origin.tolist())
+    return reference
+
+
+def grid_to_lps(reference: sitk.Image) -> np.ndarray:
+    """4x4 matrix: continuous (i, j, k) of ``reference`` -> LPS mm."""
+    m = np.eye(4)
+    m[:3, :3] = np.array(reference.GetDirection()).reshape(3, 3) * np.array(reference.GetSpacing())
+    m[:3, 3] = reference.GetOrigin()
+    return m
+
+
+def grid_points(reference: sitk.Image) -> np.ndarray:
+    """(K, J, I, 3) LPS mm of every voxel centre of ``reference``, in array order."""
+    size = reference.GetSize()
+    k, j, i = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in size[::-1]], indexing="ij")
+    ijk1 = np.stack([i, j, k, np.ones_like(i)], -1)
+    return (ijk1 @ grid_to_lps(reference).T)[..., :3]
+
+
+def intensity_stats(image: sitk.Image) -> tuple[float, float]:
+    """(median, 1-99 percentile spread) of the intensities: the normalisation of :func:`normalised`."""
+    values = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    p1, p50, p99 = np.percentile(values, [1, 50, 99])
+    return float(p50), float(max(p99 - p1, 1e-6))
+
+
+def normalised(image: sitk.Image) -> sitk.Image:
+    """Float image shifted by its median and divided by its 1-99 percentile spread (MR has no fixed unit)."""
+    median, spread = intensity_stats(image)
+    return sitk.ShiftScale(sitk.Cast(image, sitk.sitkFloat32), -median, 1.0 / spread)
+
+
+def resample_to(image: sitk.Image, reference: sitk.Image, nearest: bool = False) -> np.ndarray:
+    """``image`` sampled on ``reference``'s voxels, (K, J, I) float32; zero outside."""
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def agent_input(image: sitk.Image, spec: GridSpec) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
+    """(normalised image on the grid (K, J, I), LPS mm of its voxels (K, J, I, 3), the grid reference)."""
+    reference = centred_grid(image, spec)
+    return resample_to(normalised(image), reference), grid_points(reference).astype(np.float32), reference
