@@ -189,6 +189,37 @@ def _run_train_pose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_refine(sub: argparse._SubParsersAction) -> None:
+    from .train.refine import RefineTrainSettings
+
+    d = RefineTrainSettings()
+    p = sub.add_parser(
+        "train-refine",
+        help="add DISSM's narrow-band level-set refinement to an image-fitting model",
+        description="Fit the model's agent to its training images and train a small 3D U-Net that corrects the "
+        "fitted signed distance map within a narrow band; writes the model with the refinement stage. Resumable.",
+    )
+    p.add_argument("model", help="model from `shapeprior train-pose` (.pt)")
+    p.add_argument("dataset", help="the dataset folder it was trained on")
+    p.add_argument("out", help="model bundle to write (.pt); its checkpoint is OUT.ckpt")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--copies", type=int, default=d.copies, help="perturbed fits per training image")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_train_refine)
+
+
+def _run_train_refine(args: argparse.Namespace) -> int:
+    from .train.refine import RefineTrainSettings, train_refiner
+
+    settings = RefineTrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, copies=args.copies, seed=args.seed)
+    path = train_refiner(args.model, args.dataset, args.out, settings, command=_command_line(),
+                         progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_train_unet(sub: argparse._SubParsersAction) -> None:
     from .train.unet import UNetTrainSettings
 
@@ -401,7 +432,8 @@ def _add_fit_image(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="image (.nii.gz, .nrrd, .mha)")
     p.add_argument("--model", default="hippocampus", help="shipped model name or a .pt bundle (default: hippocampus)")
-    p.add_argument("--stages", default=",".join(STAGES), help="stages to run, in order (stop early for QA)")
+    p.add_argument("--stages", help="stages to run, in order, to stop early for QA (default: all the model has: "
+                   + ", ".join(STAGES) + ", refine)")
     p.add_argument("--steps", type=int, help="agent steps per stage (default: the model's)")
     p.add_argument("--out-model", help="fitted surface, LPS mm (.vtk/.vtp for Slicer, or .stl/.ply/.obj)")
     p.add_argument("--out-seg", help="segmentation on the image grid (.nii.gz, .nrrd or .seg.nrrd)")
@@ -416,15 +448,14 @@ def _run_fit_image(args: argparse.Namespace) -> int:
     from .io import read_image, write_json, write_mesh
     from .io.labelmaps import write_labelmap
     from .models.bundle import load_bundle
-    from .models.pose_agent import STAGES
 
     _check_outputs(args)
-    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    if not stages or any(s not in STAGES for s in stages) or list(stages) != list(STAGES[: len(stages)]):
-        raise InputError(None, f"--stages must be a leading part of {','.join(STAGES)}, got {args.stages!r}")
     bundle = load_bundle(args.model, kind="dissm")
     image = read_image(args.input)
     model = DISSMModel.from_bundle(bundle)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else model.stages
+    if not stages or list(stages) != list(model.stages[: len(stages)]):
+        raise InputError(None, f"--stages must be a leading part of {','.join(model.stages)}, got {args.stages!r}")
     bar, update = _progress_bar(args.quiet)
     with bar:
         fit = fit_image(model, image, stages, args.steps, source=args.input, progress=update)
@@ -552,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_dals(sub)
     _add_train_sdf(sub)
     _add_train_pose(sub)
+    _add_train_refine(sub)
     _add_train_unet(sub)
     _add_fit_contours(sub)
     _add_fit_points(sub)

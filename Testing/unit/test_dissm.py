@@ -18,6 +18,7 @@ from torch import nn
 
 from shapeprior.cli import main
 from shapeprior.io import read_mesh
+from shapeprior.io.labelmaps import mesh_to_labelmap
 from shapeprior.models.pose_agent import (
     CanonicalSDF, PoseAgent, PoseState, apply_correction, build_canonical_sdf, render_state,
 )
@@ -200,9 +201,12 @@ def image_dataset(tmp_path_factory, helpers, one_torch_thread):
     dissm = root / "dissm.pt"
     assert main(["-q", "train-pose", str(sdf), str(data), str(dissm), "--steps", "2,2,2,2", "--batch", "2",
                  "--fit-steps", "2"]) == 0
+    refined = root / "refined.pt"
+    assert main(["-q", "train-refine", str(dissm), str(data), str(refined), "--steps", "2", "--batch", "2"]) == 0
     unet = root / "unet.pt"
     assert main(["-q", "train-unet", str(data), str(unet), "--steps", "2", "--batch", "2"]) == 0
-    return {"data": data, "sdf": sdf, "dissm": dissm, "unet": unet, "images": images, "root": root}
+    return {"data": data, "sdf": sdf, "dissm": dissm, "refined": refined, "unet": unet, "images": images,
+            "root": root}
 
 
 def test_train_sdf_records_split_pca_and_resumes(image_dataset, capsys):
@@ -243,6 +247,16 @@ def test_fit_image_writes_lps_outputs_on_the_image_grid(image_dataset, tmp_path,
     voxels_lps = np.array([seg.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]]) for p in kji])
     assert mesh.volume == pytest.approx(len(kji), rel=0.2)  # 1 mm voxels
     assert np.linalg.norm(mesh.center_mass - voxels_lps.mean(0)) < 1.0
+    # The refinement stage, on a model that has one: outputs stay consistent.
+    assert main(["-q", "fit-image", str(image_path), "--model", str(image_dataset["refined"]), "--out-model",
+                 str(out["model"]), "--out-seg", str(out["seg"]), "--report", str(out["report"]), "--overwrite"]) == 0
+    report = json.loads(out["report"].read_text())
+    assert [s["stage"] for s in report["stages"]][-2:] == ["shape", "refine"]
+    seg, mesh = sitk.ReadImage(str(out["seg"])), read_mesh(out["model"])
+    assert mesh.is_watertight and mesh.volume > 0
+    assert len(mesh.split(only_watertight=False)) == 1  # one piece, even from a barely trained refiner
+    voxelised = sitk.GetArrayFromImage(mesh_to_labelmap(mesh, image)) > 0  # a view would outlive its image
+    assert np.array_equal(voxelised, sitk.GetArrayViewFromImage(seg) > 0)
     # --stages stops early: one record.
     assert main(["-q", "fit-image", str(image_path), "--model", str(image_dataset["dissm"]), "--stages",
                  "translation", "--report", str(tmp_path / "t.json")]) == 0
@@ -252,9 +266,10 @@ def test_fit_image_writes_lps_outputs_on_the_image_grid(image_dataset, tmp_path,
 def test_benchmark_image_scores_every_stage_and_the_unet(image_dataset, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["-q", "benchmark", "image", "--data", str(image_dataset["data"]), "--model",
-                 str(image_dataset["dissm"]), "--unet", str(image_dataset["unet"]), "--out", str(out)]) == 0
+                 str(image_dataset["refined"]), "--unet", str(image_dataset["unet"]), "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    for method in ("DISSM +translation", "DISSM +scale", "DISSM +rotation", "DISSM +shape", "3D U-Net"):
+    for method in ("DISSM +translation", "DISSM +scale", "DISSM +rotation", "DISSM +shape", "DISSM +refine",
+                   "3D U-Net"):
         assert f"| {method} |" in table
     rows = json.loads(out.read_text())["rows"]
     assert {r["case"] for r in rows} == {"case_00", "case_05"}

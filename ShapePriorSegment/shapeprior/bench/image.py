@@ -61,6 +61,7 @@ def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int 
         fit = fit_image(dissm, image, source=image_path)
         seconds = time.perf_counter() - start
         for index, record in enumerate(fit.stages):
+            # Each stage's shape is scored; the last one is the fit's own output.
             if index + 1 == len(fit.stages):
                 pred, took = fit.segmentation, seconds
             else:

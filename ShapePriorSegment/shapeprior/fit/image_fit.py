@@ -1,9 +1,10 @@
 """DISSM: fit the implicit shape model straight to an image with the learned pose agent.
 
 The agent runs stage by stage (translation -> scale -> rotation -> shape), a fixed
-number of steps each, from the training set's mean pose placed at the image centre.
+number of steps each, from the training set's mean pose placed at the image centre;
+an optional last stage refines the fitted SDF in a narrow band (``models.refiner``).
 Outputs are in LPS mm: the zero level set of f(u, mean + W loadings) mapped by the
-final pose, and its voxelisation on the image grid.
+final pose (or of the refined SDF), and its voxelisation on the image grid.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import trimesh
+from skimage.measure import marching_cubes
 
 from ..errors import InputError
 from ..io.labelmaps import mesh_to_labelmap
@@ -28,8 +30,10 @@ from ..models.pose_agent import (
     apply_correction,
     render_state,
 )
+from ..models.refiner import BAND_MM, build_refiner, refine_sdf
 from ..models.sdf import SDFDecoder, ShapeSpace, decoder_from_bundle, extract_mesh
-from ..prep.crops import GridSpec, agent_input, intensity_stats
+from ..prep.crops import FINE_GRID, GridSpec, agent_input, grid_to_lps, intensity_stats
+from ..prep.surface import largest_component
 from .dals_fit import FitCancelled
 
 
@@ -47,6 +51,12 @@ class DISSMModel:
     centre_offset: np.ndarray
     fit_steps: int
     metadata: dict
+    refiner: torch.nn.Module | None = None
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages a fit can run, in order."""
+        return tuple(self.agents) + (("refine",) if self.refiner is not None else ())
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> "DISSMModel":
@@ -58,11 +68,17 @@ class DISSMModel:
             agent = PoseAgent(space.basis.shape[0])
             agent.load_state_dict({k[len(prefix):]: v for k, v in bundle.tensors.items() if k.startswith(prefix)})
             agents[stage] = agent.eval()
+        refiner = None
+        if any(k.startswith("refiner.") for k in bundle.tensors):
+            refiner = build_refiner()
+            refiner.load_state_dict({k[len("refiner."):]: v for k, v in bundle.tensors.items()
+                                     if k.startswith("refiner.")})
+            refiner.eval()
         return cls(
             decoder, space, CanonicalSDF(bundle.tensors["canonical_sdf"].float(), float(info["canonical_radius"])),
             agents, GridSpec.from_dict(info["grid"]), float(info["median_scale_mm"]),
             np.array(info["mean_rotation"]), np.array(info["centre_offset_mm"]), int(info["fit_steps"]),
-            bundle.metadata,
+            bundle.metadata, refiner,
         )
 
 
@@ -123,6 +139,7 @@ def run_agent(
     state = initial_state(model, grid)
     steps = steps or model.fit_steps
     records = []
+    stages = tuple(s for s in stages if s in model.agents)
     for index, stage in enumerate(stages):
         for step in range(steps):
             if should_stop is not None and should_stop():
@@ -145,20 +162,64 @@ def state_mesh(model: DISSMModel, state: PoseState, resolution: int = 64) -> tri
     return trimesh.Trimesh(verts, unit.faces, process=False)
 
 
+@torch.no_grad()
+def shape_sdf(model: DISSMModel, state: PoseState, grid_mm: torch.Tensor) -> torch.Tensor:
+    """SDF (mm) of the state's shape at ``grid_mm`` (..., 3): the decoder near the surface, the
+    tabulated first-order shape elsewhere (only its sign matters there)."""
+    points = grid_mm.reshape(1, -1, 3)
+    unit = state.to_unit(points)
+    mm_per_unit = state.mm_per_unit()[:, None]
+    sdf = model.canonical(unit, state.loadings) * mm_per_unit
+    near = (sdf.abs() < BAND_MM + 2.0)[0]
+    if near.any():
+        latent = model.space.latent(state.loadings)
+        sdf[0, near] = model.decoder(unit[0, near], latent[0]) * mm_per_unit[0]
+    return sdf.reshape(grid_mm.shape[:-1])
+
+
+def level_set_mesh(sdf_mm: np.ndarray, reference: sitk.Image) -> trimesh.Trimesh:
+    """Zero level set of a (K, J, I) SDF on ``reference``'s grid, in LPS mm, faces outward."""
+    if sdf_mm.min() >= 0 or sdf_mm.max() <= 0:
+        return trimesh.Trimesh()
+    verts_kji, faces, _, _ = marching_cubes(sdf_mm, level=0.0)
+    ijk1 = np.concatenate([verts_kji[:, ::-1], np.ones((len(verts_kji), 1))], 1)
+    mesh = trimesh.Trimesh((ijk1 @ grid_to_lps(reference).T)[:, :3], faces, process=False)
+    if mesh.volume < 0:  # the (k, j, i) -> LPS map may flip handedness
+        mesh.invert()
+    return mesh
+
+
+def refined_fit(model: DISSMModel, image: sitk.Image, state: PoseState) -> trimesh.Trimesh:
+    """Refine the state's shape in a narrow band on the 1 mm fine grid; its surface (LPS mm).
+
+    Only the largest connected piece of the refined level set is kept: one organ, no specks.
+    """
+    volume, grid_mm, reference = agent_input(image, FINE_GRID)
+    fitted = shape_sdf(model, state, torch.tensor(grid_mm))[None]
+    with torch.no_grad():
+        refined = refine_sdf(model.refiner, torch.tensor(volume)[None], fitted)[0].numpy()
+    mesh = level_set_mesh(refined, reference)
+    return largest_component(mesh)[0] if len(mesh.faces) else mesh
+
+
 def fit_image(
-    model: DISSMModel, image: sitk.Image, stages: tuple[str, ...] = STAGES, steps: int | None = None,
+    model: DISSMModel, image: sitk.Image, stages: tuple[str, ...] | None = None, steps: int | None = None,
     source: str = "image", progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ImageFit:
-    """Fit ``model`` to ``image`` (stopping after the last of ``stages``); surface and segmentation."""
-    unknown = [s for s in stages if s not in model.agents]
-    if unknown:
-        raise InputError(None, f"unknown stage(s) {', '.join(unknown)} (stages: {', '.join(model.agents)})")
+    """Fit ``model`` to ``image`` (stopping after the last of ``stages``, default all); surface and segmentation."""
+    stages = model.stages if stages is None else tuple(stages)
+    if list(stages) != list(model.stages[: len(stages)]) or not stages:
+        raise InputError(None, f"stages must be a leading part of {','.join(model.stages)}, got {','.join(stages)}")
     began = time.perf_counter()
     warnings = [w for w in [intensity_warning(model, image, source)] if w]
     records = run_agent(model, image, stages, steps, progress, should_stop)
-    mesh = state_mesh(model, state_from_record(records[-1]))
+    state = state_from_record(records[-1])
+    if "refine" in stages:
+        mesh = refined_fit(model, image, state)
+        records.append({**records[-1], "stage": "refine"})
+    else:
+        mesh = state_mesh(model, state)
     if len(mesh.faces) == 0:
         raise InputError(source, "the fitted shape is empty (is this the model's organ and modality?)")
-    segmentation = mesh_to_labelmap(mesh, image)
-    return ImageFit(mesh, segmentation, records, time.perf_counter() - began, warnings)
+    return ImageFit(mesh, mesh_to_labelmap(mesh, image), records, time.perf_counter() - began, warnings)

@@ -27,6 +27,11 @@ class GridSpec:
         return cls(tuple(int(v) for v in d["size"]), float(d["spacing_mm"]))
 
 
+# 1 mm grid that holds every hippocampus crop (31-43 x 40-59 x 24-46 voxels): the U-Net's and the
+# refinement's input.
+FINE_GRID = GridSpec((48, 64, 48), 1.0)
+
+
 def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
     """An empty reference image of ``spec`` centred on ``image``'s physical centre."""
     direction = np.array(image.GetDirection()).reshape(3, 3)

@@ -20,12 +20,9 @@ from tqdm import tqdm
 
 from ..io import read_image, read_mask
 from ..models.bundle import ModelBundle, save_bundle
-from ..prep.crops import GridSpec, centred_grid, normalised, resample_to
+from ..prep.crops import FINE_GRID, centred_grid, normalised, resample_to
 from ..prep.dataset import select_shapes, split_names
 from .common import load_checkpoint, read_manifest, save_checkpoint
-
-UNET_GRID = GridSpec((48, 64, 48), 1.0)
-
 
 @dataclass
 class UNetTrainSettings:
@@ -53,7 +50,7 @@ def unet_from_bundle(bundle: ModelBundle) -> UNet:
 @torch.no_grad()
 def segment(net: UNet, image: sitk.Image) -> sitk.Image:
     """Binary mask (uint8) on ``image``'s grid: the U-Net's argmax on the centred 1 mm grid, resampled back."""
-    reference = centred_grid(image, UNET_GRID)
+    reference = centred_grid(image, FINE_GRID)
     volume = torch.tensor(resample_to(normalised(image), reference))[None, None]
     label = net(volume).argmax(1)[0].to(torch.uint8).numpy()
     grid_image = sitk.GetImageFromArray(label)
@@ -73,7 +70,7 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
     for name in tqdm(names, desc="load images", disable=not progress, dynamic_ncols=True):
         entry = manifest["shapes"][name]
         image = read_image(entry["image"])
-        reference = centred_grid(image, UNET_GRID)
+        reference = centred_grid(image, FINE_GRID)
         images.append(resample_to(normalised(image), reference))
         masks.append(resample_to(read_mask(entry["source"], labels), reference, nearest=True))
     images_t = torch.tensor(np.stack(images))[:, None].to(device)
@@ -120,8 +117,8 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
     metadata = {
         "organ": manifest.get("organ", "organ"),
         "units": "mm",
-        "frame": f"input resampled to a {UNET_GRID.size} grid at {UNET_GRID.spacing_mm} mm centred on the image",
-        "config": {"channels": settings.channels, "grid": UNET_GRID.to_dict()},
+        "frame": f"input resampled to a {FINE_GRID.size} grid at {FINE_GRID.spacing_mm} mm centred on the image",
+        "config": {"channels": settings.channels, "grid": FINE_GRID.to_dict()},
         "training": {**asdict(settings), "labels": labels, "shapes": names, "held_out": held_out,
                      "history": history, "seconds_this_run": time.perf_counter() - began,
                      "command": command or " ".join(sys.argv)},

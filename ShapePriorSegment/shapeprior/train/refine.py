@@ -1,0 +1,120 @@
+"""Training of DISSM's narrow-band refinement on the agent's own fits of the training images.
+
+Each training image is fitted by the trained agent (all stages); the fitted SDF, and
+``copies`` more from slightly perturbed final states, are paired with the true SDF
+on the 1 mm fine grid. The refiner learns the correction in the band around the fit
+(``models.refiner``); it is added to a copy of the model bundle.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..fit.image_fit import DISSMModel, run_agent, shape_sdf, state_from_record
+from ..io import read_image, read_mesh
+from ..models.bundle import load_bundle, save_bundle
+from ..models.pose_agent import PoseState
+from ..models.refiner import BAND_MM, HEAVISIDE_MM, build_refiner, refine_sdf, refinement_loss
+from ..prep.crops import FINE_GRID, agent_input
+from ..prep.sdf import signed_distance
+from .common import load_checkpoint, read_manifest, save_checkpoint
+
+
+@dataclass
+class RefineTrainSettings:
+    steps: int = 800
+    batch: int = 4
+    lr: float = 1e-3
+    copies: int = 1  # perturbed fits per image besides the agent's own
+    seed: int = 0
+
+
+def perturbed(state: PoseState, g: torch.Generator) -> PoseState:
+    """A nearby fit: translation +-0.7 mm, scale +-3 %, loadings +-0.3 (standard deviations)."""
+    return PoseState(state.translation + 0.7 * torch.randn(1, 3, generator=g),
+                     state.scale * torch.exp(0.03 * torch.randn(1, 3, generator=g)), state.rotation,
+                     state.loadings + 0.3 * torch.randn(state.loadings.shape, generator=g))
+
+
+def fitted_examples(model: DISSMModel, dataset: Path, manifest: dict, names: list[str], copies: int, seed: int,
+                    progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """(images (N, K, J, I), fitted SDFs (M, K, J, I), true SDFs (N, K, J, I), image index of each fit)."""
+    g = torch.Generator().manual_seed(seed)
+    images, fits, truths, owner = [], [], [], []
+    for index, name in enumerate(tqdm(names, desc="fit training images", disable=not progress, dynamic_ncols=True)):
+        entry = manifest["shapes"][name]
+        image = read_image(entry["image"])
+        volume, grid_mm, _ = agent_input(image, FINE_GRID)
+        surface = read_mesh(dataset / entry["surface"])
+        truths.append(signed_distance(surface, grid_mm.reshape(-1, 3).astype(np.float64)).reshape(volume.shape))
+        images.append(volume)
+        state = state_from_record(run_agent(model, image)[-1])
+        grid = torch.tensor(grid_mm)
+        for s in [state] + [perturbed(state, g) for _ in range(copies)]:
+            fits.append(shape_sdf(model, s, grid).numpy())
+            owner.append(index)
+    as_tensor = lambda arrays: torch.tensor(np.stack(arrays), dtype=torch.float32)  # noqa: E731
+    return as_tensor(images), as_tensor(fits), as_tensor(truths), owner
+
+
+def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, settings: RefineTrainSettings,
+                  command: str = "", progress: bool = True) -> Path:
+    """Add a trained narrow-band refiner to the ``dissm`` model at ``model_path``; write it to ``out``."""
+    dataset, out = Path(dataset), Path(out)
+    bundle = load_bundle(model_path, kind="dissm")
+    model = DISSMModel.from_bundle(bundle)
+    manifest = read_manifest(dataset)
+    names = bundle.metadata["sdf_training"]["shapes"]
+    torch.manual_seed(settings.seed)
+    net = build_refiner()
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
+    start, history = 0, []
+    state = load_checkpoint(out, asdict(settings))
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = int(state["step"]), list(state["history"])
+    began = time.perf_counter()
+    if start < settings.steps:
+        images, fits, truths, owner = fitted_examples(model, dataset, manifest, names, settings.copies, settings.seed,
+                                                      progress)
+        owner_t = torch.tensor(owner)
+    bar = tqdm(total=settings.steps, initial=start, desc="train-refine", disable=not progress, dynamic_ncols=True)
+    window = []
+    net.train()
+    for step in range(start, settings.steps):
+        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+        rows = torch.randperm(len(fits), generator=g)[: settings.batch]
+        refined = refine_sdf(net, images[owner_t[rows]], fits[rows])
+        loss = refinement_loss(refined, fits[rows], truths[owner_t[rows]])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        window.append(loss.item())
+        if (step + 1) % 50 == 0:
+            history.append({"step": step + 1, "loss": float(np.mean(window))})
+            window = []
+            save_checkpoint(out, {"settings": asdict(settings), "step": step + 1, "history": history,
+                                  "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                                  "scheduler": scheduler.state_dict()})
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    metadata = {**bundle.metadata, "refine": {
+        **asdict(settings), "band_mm": BAND_MM, "heaviside_mm": HEAVISIDE_MM, "grid": FINE_GRID.to_dict(),
+        "history": history, "seconds_this_run": time.perf_counter() - began,
+        "command": command or " ".join(sys.argv)}}
+    tensors = {k: v for k, v in bundle.tensors.items() if not k.startswith("refiner.")}
+    tensors.update({f"refiner.{k}": v for k, v in net.state_dict().items()})
+    save_bundle(out, "dissm", metadata, tensors)
+    return out
