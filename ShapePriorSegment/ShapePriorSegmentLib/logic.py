@@ -26,7 +26,7 @@ MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # with Slicer); kept equal to pyproject.toml by a test. torch is installed through the PyTorch extension when that is present.
 PIP_REQUIREMENTS = [
     "scipy>=1.10", "trimesh>=4.0", "fast-simplification>=0.1", "pycpd>=2.0", "scikit-image>=0.21", "libigl>=2.5",
-    "tqdm>=4.60",
+    "tqdm>=4.60", "monai>=1.3",
 ]
 TORCH_REQUIREMENT = "torch>=2.1"
 SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
