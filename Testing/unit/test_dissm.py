@@ -110,6 +110,21 @@ def test_centred_grid_geometry(helpers):
     assert array.max() > array.min()
 
 
+@pytest.mark.parametrize("size", [(35, 51, 35), (34, 50, 31)])
+def test_fine_grid_copies_voxels_of_an_image_with_its_spacing(size, helpers):
+    """No half-voxel shift: a mask goes onto the 1 mm grid and back unchanged."""
+    from shapeprior.prep.crops import FINE_GRID, resample_to
+
+    mask = helpers.ellipsoid_image((9, 14, 8), size=size, direction=np.diag([-1.0, -1.0, 1.0]))
+    reference = centred_grid(mask, FINE_GRID)
+    on_grid = sitk.GetImageFromArray(resample_to(mask, reference, nearest=True))
+    on_grid.CopyInformation(reference)
+    back = sitk.Resample(on_grid, mask, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(mask))
+    centre = mask.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])
+    assert np.abs(grid_points(reference).reshape(-1, 3).mean(0) - centre).max() <= 0.5  # off centre by <= half a voxel
+
+
 def test_pose_state_round_trip_and_zero_correction_is_identity(helpers):
     rot = torch.tensor(helpers.rotation(25), dtype=torch.float32)[None]
     state = PoseState(torch.tensor([[5.0, -2.0, 1.0]]), torch.tensor([[20.0, 22.0, 25.0]]), rot, torch.zeros(1, 3))

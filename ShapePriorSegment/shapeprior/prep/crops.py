@@ -33,11 +33,20 @@ FINE_GRID = GridSpec((48, 64, 48), 1.0)
 
 
 def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
-    """An empty reference image of ``spec`` centred on ``image``'s physical centre."""
+    """An empty reference image of ``spec`` centred on ``image``'s physical centre.
+
+    Along axes where the image has the grid's spacing, the grid is shifted by up to half a
+    voxel so its voxels coincide with the image's: resampling there copies voxels instead
+    of interpolating between them (a half-voxel shift costs a small organ several Dice points).
+    """
     direction = np.array(image.GetDirection()).reshape(3, 3)
-    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+    image_size, image_spacing = np.array(image.GetSize()), np.array(image.GetSpacing())
     size = np.array(spec.size)
-    origin = centre - direction @ ((size - 1) / 2 * spec.spacing_mm)
+    # Continuous image index of the grid's first voxel when centred exactly.
+    first = (image_size - 1) / 2 - (size - 1) / 2 * spec.spacing_mm / image_spacing
+    same_spacing = np.isclose(image_spacing, spec.spacing_mm)
+    first[same_spacing] = np.floor(first[same_spacing])
+    origin = np.array(image.TransformContinuousIndexToPhysicalPoint(first.tolist()))
     reference = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     reference.SetSpacing([spec.spacing_mm] * 3)
     reference.SetDirection(image.GetDirection())
