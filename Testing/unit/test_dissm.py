@@ -183,48 +183,8 @@ def test_pose_agent_starts_with_no_correction():
 
 # --- the commands, end to end on tiny models ---------------------------------------------------------------
 
-TINY_SDF = ["--organ", "blob", "--latent-dim", "8", "--width", "32", "--layers", "4", "--steps", "300", "--batch", "4",
-            "--samples", "256", "--lr", "2e-3"]
-
-
-@pytest.fixture(scope="module")
-def image_dataset(tmp_path_factory, helpers, one_torch_thread):
-    """A prepared dataset of 10 ellipsoid 'organs' in noisy images (two labels merged), and tiny models."""
-    root = tmp_path_factory.mktemp("dissm")
-    labels, images = root / "labels", root / "images"
-    labels.mkdir()
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        radii = np.array([9.0, 6.0, 5.0]) * rng.uniform(0.85, 1.15, 3)
-        centre = rng.uniform(-2, 2, 3)
-        mask = helpers.ellipsoid_image(radii, centre=centre, axes=helpers.rotation(rng.uniform(-10, 10)),
-                                       size=(30, 26, 24), direction=np.diag([-1.0, -1.0, 1.0]))
-        array = sitk.GetArrayFromImage(mask).astype(np.uint8)
-        array[:, :, : array.shape[2] // 2] *= 2  # a second label on half the organ
-        labelled = sitk.GetImageFromArray(array)
-        labelled.CopyInformation(mask)
-        sitk.WriteImage(labelled, str(labels / f"case_{i:02d}.nii.gz"))
-        image = sitk.GetImageFromArray((60.0 * (array > 0) + 20 + rng.normal(0, 5, array.shape)).astype(np.float32))
-        image.CopyInformation(mask)
-        sitk.WriteImage(image, str(images / f"case_{i:02d}.nii.gz"))
-    data = root / "dataset"
-    assert main(["-q", "prepare", str(labels), str(data), "--label", "1,2", "--images", str(images),
-                 "--sdf-samples", "4000", "--target-vertices", "600"]) == 0
-    sdf = root / "sdf.pt"
-    assert main(["-q", "train-sdf", str(data), str(sdf), *TINY_SDF]) == 0
-    dissm = root / "dissm.pt"
-    assert main(["-q", "train-pose", str(sdf), str(data), str(dissm), "--steps", "2,2,2,2", "--batch", "2",
-                 "--fit-steps", "2"]) == 0
-    refined = root / "refined.pt"
-    assert main(["-q", "train-refine", str(dissm), str(data), str(refined), "--steps", "2", "--batch", "2"]) == 0
-    unet = root / "unet.pt"
-    assert main(["-q", "train-unet", str(data), str(unet), "--steps", "2", "--batch", "2"]) == 0
-    return {"data": data, "sdf": sdf, "dissm": dissm, "refined": refined, "unet": unet, "images": images,
-            "root": root}
-
-
 def test_train_sdf_records_split_pca_and_resumes(image_dataset, capsys):
+
     from shapeprior.models.bundle import load_bundle
 
     bundle = load_bundle(image_dataset["sdf"], kind="sdf")
@@ -236,7 +196,7 @@ def test_train_sdf_records_split_pca_and_resumes(image_dataset, capsys):
     assert bundle.tensors["pca_basis"].shape == (k, 8) and bundle.metadata["pca"]["explained_variance"] >= 0.9
     # A re-run with the same settings resumes from the finished checkpoint: nothing left to do, same weights.
     before = {k: v.clone() for k, v in bundle.tensors.items()}
-    assert main(["-q", "train-sdf", str(image_dataset["data"]), str(image_dataset["sdf"]), *TINY_SDF]) == 0
+    assert main(["-q", "train-sdf", str(image_dataset["data"]), str(image_dataset["sdf"]), *image_dataset["sdf_args"]]) == 0
     after = load_bundle(image_dataset["sdf"], kind="sdf").tensors
     assert all(torch.equal(before[k], after[k]) for k in before)
     # Other settings against that checkpoint: refused with one line.

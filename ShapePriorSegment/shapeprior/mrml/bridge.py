@@ -177,27 +177,48 @@ def read_curve_annotation(scene, curve_node_ids: Sequence[str]) -> Annotation:
 # --------------------------------------------------------------------------- masks
 
 
-def _image_data_to_sitk(image_data, index_to_ras: np.ndarray, name: str, label: int | None = None) -> sitk.Image:
-    """Binary uint8 mask from a vtkImageData whose structured index maps to RAS by ``index_to_ras``."""
+def _image_data_to_sitk(image_data, index_to_ras: np.ndarray, name: str, label: int | None = None,
+                        binary: bool = True) -> sitk.Image:
+    """A SimpleITK image (LPS geometry) from a vtkImageData whose structured index maps to RAS by ``index_to_ras``.
+
+    ``binary``: a uint8 mask of the non-zero voxels (or of ``label``); else the scalars as float32.
+    """
     extent = image_data.GetExtent()
     dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
     scalars = image_data.GetPointData().GetScalars() if min(dims) > 0 else None
     if scalars is not None and scalars.GetNumberOfComponents() != 1:
-        raise InputError(name, "is a multi-component image; a label image is needed")
+        raise InputError(name, "is a multi-component image; a " + ("label" if binary else "scalar") + " image is needed")
     values = numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1]) if scalars is not None else np.zeros(0)
-    binary = (values != 0) if label is None else (values == label)  # (k, j, i)
-    if not binary.any():
-        what = "no painted voxels" if label is None else f"no voxels of label {label}"
-        raise InputError(name, f"is empty ({what})")
+    if binary:
+        values = ((values != 0) if label is None else (values == label)).astype(np.uint8)  # (k, j, i)
+        if not values.any():
+            what = "no painted voxels" if label is None else f"no voxels of label {label}"
+            raise InputError(name, f"is empty ({what})")
+    else:
+        if values.size == 0:
+            raise InputError(name, "holds no voxels")
+        values = values.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise InputError(name, "holds NaN or infinite values")
     index_to_lps = RAS_LPS_4 @ index_to_ras
     spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
     direction = index_to_lps[:3, :3] / spacing
     origin = index_to_lps[:3, :3] @ np.array(extent[::2], dtype=np.float64) + index_to_lps[:3, 3]
-    mask = sitk.GetImageFromArray(binary.astype(np.uint8))
-    mask.SetSpacing(spacing.tolist())
-    mask.SetDirection(direction.ravel().tolist())
-    mask.SetOrigin(origin.tolist())
-    return mask
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(origin.tolist())
+    return image
+
+
+def _read_volume(scene, volume_node_id: str, label: int | None, binary: bool) -> sitk.Image:
+    node = _get_node(scene, volume_node_id, "vtkMRMLScalarVolumeNode", "volume")
+    if node.GetImageData() is None:
+        raise InputError(node.GetName(), "holds no image data")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    index_to_ras = _to_world(node) @ arrayFromVTKMatrix(ijk_to_ras)
+    return _image_data_to_sitk(node.GetImageData(), index_to_ras, node.GetName(), label, binary)
 
 
 def read_volume_mask(scene, volume_node_id: str, label: int | None = None) -> sitk.Image:
@@ -205,12 +226,12 @@ def read_volume_mask(scene, volume_node_id: str, label: int | None = None) -> si
 
     ``label=None`` takes every non-zero voxel.
     """
-    node = _get_node(scene, volume_node_id, "vtkMRMLScalarVolumeNode", "volume")
-    if node.GetImageData() is None:
-        raise InputError(node.GetName(), "holds no image data")
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(ijk_to_ras)
-    return _image_data_to_sitk(node.GetImageData(), _to_world(node) @ arrayFromVTKMatrix(ijk_to_ras), node.GetName(), label)
+    return _read_volume(scene, volume_node_id, label, binary=True)
+
+
+def read_volume_image(scene, volume_node_id: str) -> sitk.Image:
+    """A scalar volume node's intensities as a float32 SimpleITK image in LPS, world geometry."""
+    return _read_volume(scene, volume_node_id, None, binary=False)
 
 
 def read_segment_mask(scene, segmentation_node_id: str, segment_id: str) -> sitk.Image:
@@ -232,14 +253,19 @@ def read_segment_mask(scene, segmentation_node_id: str, segment_id: str) -> sitk
 
 def add_labelmap_node(scene, mask: sitk.Image, name: str = "mask") -> str:
     """Add a SimpleITK label image (LPS) as a labelmap volume node; return its id."""
-    array = np.ascontiguousarray(sitk.GetArrayFromImage(mask))  # (k, j, i): i varies fastest, as in VTK
+    return add_volume_node(scene, mask, name, "vtkMRMLLabelMapVolumeNode")
+
+
+def add_volume_node(scene, image: sitk.Image, name: str = "volume", class_name: str = "vtkMRMLScalarVolumeNode") -> str:
+    """Add a SimpleITK scalar image (LPS) as a volume node of ``class_name``; return its id."""
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))  # (k, j, i): i varies fastest, as in VTK
     image_data = vtk.vtkImageData()
-    image_data.SetDimensions(*mask.GetSize())
+    image_data.SetDimensions(*image.GetSize())
     scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
     scalars.SetName("ImageScalars")
     image_data.GetPointData().SetScalars(scalars)
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
-    node.SetIJKToRASMatrix(vtkMatrixFromArray(RAS_LPS_4 @ index_to_physical(mask)))
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(vtkMatrixFromArray(RAS_LPS_4 @ index_to_physical(image)))
     node.SetAndObserveImageData(image_data)
     node.CreateDefaultDisplayNodes()
     return node.GetID()
@@ -607,3 +633,33 @@ def fit_painted_segment_in_scene(
         scene, annotation, model, settings, progress, should_stop,
         segmentation_node_id=output_segmentation_node_id, reference_volume_id=reference_volume_id, **outputs,
     )
+
+
+def fit_image_in_scene(
+    scene,
+    volume_node_id: str,
+    model: str | os.PathLike = "hippocampus",
+    stages: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **outputs,
+) -> dict:
+    """An image volume node -> the DISSM fit's model node and segment (``outputs`` as in
+    :func:`add_surface_to_scene`; the volume is the segmentation's reference geometry).
+
+    Returns the node ids as :func:`add_surface_to_scene` does, plus ``report`` (pose per stage,
+    time, warnings such as an unusual intensity range).
+    """
+    from ..fit.image_fit import DISSMModel, fit_image
+    from ..models.bundle import load_bundle
+
+    image = read_volume_image(scene, volume_node_id)
+    source = scene.GetNodeByID(volume_node_id).GetName()
+    bundle = load_bundle(model, kind="dissm")
+    fit = fit_image(DISSMModel.from_bundle(bundle), image, stages, source=source, progress=progress,
+                    should_stop=should_stop)
+    outputs.setdefault("reference_volume_id", volume_node_id)
+    written = add_surface_to_scene(scene, fit.mesh, bundle.organ, **outputs)
+    report = {"input": source, "model": str(bundle.path), "organ": bundle.organ, "stages": fit.stages,
+              "seconds": fit.seconds, "warnings": fit.warnings + written.pop("warnings")}
+    return {**written, "report": report}
