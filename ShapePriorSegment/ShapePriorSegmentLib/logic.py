@@ -195,6 +195,16 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
             settings or FitSettings(), progress, shouldStop, reference_volume_id=nodeId(referenceVolumeNode),
         )
 
+    def processImage(self, volumeNode, model: str = "hippocampus", stages=None, progress=None,
+                     shouldStop=None, outputSegmentationNode=None) -> dict:
+        """Fit an image-fitting (DISSM) model straight to a volume; returns the node ids and the report."""
+        from shapeprior.mrml import bridge
+
+        return bridge.fit_image_in_scene(
+            self.scene, nodeId(volumeNode), model, stages, progress, shouldStop,
+            segmentation_node_id=nodeId(outputSegmentationNode),
+        )
+
     # ---------------------------------------------------------------- scene helpers
 
     @staticmethod

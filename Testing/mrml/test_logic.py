@@ -67,3 +67,18 @@ def test_cli_out_scene_reloads_with_the_fitted_geometry(tiny_model, tmp_path):
     ras = numpy_support.vtk_to_numpy(model.GetPolyData().GetPoints().GetData())
     lps = read_mesh(tmp_path / "m.vtk").vertices
     assert np.allclose(ras * [-1, -1, 1], lps, atol=1e-3)  # the scene holds RAS, the file LPS
+
+
+def test_logic_fits_an_image_volume_with_a_dissm_model(image_dataset):
+    import SimpleITK as sitk
+
+    from shapeprior.mrml.bridge import add_volume_node
+
+    scene = new_scene()
+    logic = ShapePriorSegmentLogic(scene)
+    volume = scene.GetNodeByID(add_volume_node(scene, sitk.ReadImage(str(image_dataset["images"] / "case_04.nii.gz"))))
+    out = logic.processImage(volume, str(image_dataset["dissm"]))
+    assert [s["stage"] for s in out["report"]["stages"]] == ["translation", "scale", "rotation", "shape"]
+    assert len(nodes_by_class(scene, "vtkMRMLModelNode")) == 1
+    segmentation = scene.GetNodeByID(out["segmentation_node_id"])
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
