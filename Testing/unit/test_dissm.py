@@ -287,3 +287,20 @@ def test_fit_image_warns_about_an_unusual_intensity_range_and_still_fits(image_d
     err = capsys.readouterr().err
     assert "warning" in err and "intensity" in err
     assert (tmp_path / "s.nii.gz").is_file()
+
+
+def test_bundle_half_precision_storage(tmp_path):
+    from shapeprior.models.bundle import load_bundle, save_bundle
+
+    tensors = {"agent.w": torch.randn(4, 4), "decoder.w": torch.randn(4), "index": torch.arange(3)}
+    path = tmp_path / "m.pt"
+    save_bundle(path, "dissm", {"organ": "x"}, tensors, half_precision=("agent.",))
+    bundle = load_bundle(path, kind="dissm")
+    assert bundle.tensors["agent.w"].dtype == torch.float16 and bundle.metadata["float16"] == ["agent."]
+    assert bundle.tensors["decoder.w"].dtype == torch.float32 and bundle.tensors["index"].dtype == torch.int64
+    assert torch.allclose(bundle.tensors["agent.w"].float(), tensors["agent.w"], rtol=1e-3, atol=1e-3)
+    agent = PoseAgent(2, channels=(4, 8))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in agent.state_dict().items()}
+    again = PoseAgent(2, channels=(4, 8))
+    again.load_state_dict(half)  # loaders cast float16 back into the float32 parameters
+    assert all(p.dtype == torch.float32 for p in again.parameters())

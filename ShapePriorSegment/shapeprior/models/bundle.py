@@ -83,14 +83,28 @@ def load_bundle(name_or_path: str | os.PathLike, kind: str | None = None) -> Mod
     return ModelBundle(raw["kind"], raw["metadata"], raw["tensors"], path)
 
 
-def save_bundle(path: str | os.PathLike, kind: str, metadata: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a bundle atomically (tensors moved to CPU and made contiguous)."""
-    metadata = {**metadata, "versions": {"shapeprior": __version__, "torch": torch.__version__.split("+")[0]}}
+def save_bundle(
+    path: str | os.PathLike, kind: str, metadata: dict, tensors: dict[str, torch.Tensor],
+    half_precision: tuple[str, ...] = (),
+) -> None:
+    """Write a bundle atomically (tensors moved to CPU and made contiguous).
+
+    Floating tensors whose names start with one of ``half_precision`` are stored as float16
+    (half the file size; loaders cast to float32), and listed in ``metadata["float16"]``.
+    """
+    def stored(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.is_floating_point() and name.startswith(half_precision or ("\0",)):
+            return tensor.half()
+        return tensor
+
+    metadata = {**metadata, "versions": {"shapeprior": __version__, "torch": torch.__version__.split("+")[0]},
+                "float16": list(half_precision)}
     payload = {
         "format": FORMAT,
         "kind": kind,
         "metadata": metadata,
-        "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        "tensors": {k: stored(k, v) for k, v in tensors.items()},
     }
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)

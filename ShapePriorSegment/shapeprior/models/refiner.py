@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import UNet
 
-BAND_MM = 4.0
+BAND_MM = 5.0
 # Slope of the smoothed Heaviside used by the training loss: sigmoid(-sdf / HEAVISIDE_MM).
 HEAVISIDE_MM = 0.5
 

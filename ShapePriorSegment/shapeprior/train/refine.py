@@ -29,18 +29,22 @@ from .common import load_checkpoint, read_manifest, save_checkpoint
 
 @dataclass
 class RefineTrainSettings:
-    steps: int = 800
+    steps: int = 3000
     batch: int = 4
     lr: float = 1e-3
-    copies: int = 1  # perturbed fits per image besides the agent's own
+    copies: int = 3  # perturbed fits per image besides the agent's own
     seed: int = 0
 
 
 def perturbed(state: PoseState, g: torch.Generator) -> PoseState:
-    """A nearby fit: translation +-0.7 mm, scale +-3 %, loadings +-0.3 (standard deviations)."""
-    return PoseState(state.translation + 0.7 * torch.randn(1, 3, generator=g),
-                     state.scale * torch.exp(0.03 * torch.randn(1, 3, generator=g)), state.rotation,
-                     state.loadings + 0.3 * torch.randn(state.loadings.shape, generator=g))
+    """A nearby fit: translation +-1.5 mm, scale +-6 %, loadings +-0.6 (standard deviations).
+
+    The agent fits its own training images better than new ones; these perturbations
+    show the refiner errors of the size it meets on held-out images.
+    """
+    return PoseState(state.translation + 1.5 * torch.randn(1, 3, generator=g),
+                     state.scale * torch.exp(0.06 * torch.randn(1, 3, generator=g)), state.rotation,
+                     state.loadings + 0.6 * torch.randn(state.loadings.shape, generator=g))
 
 
 def fitted_examples(model: DISSMModel, dataset: Path, manifest: dict, names: list[str], copies: int, seed: int,
@@ -116,5 +120,7 @@ def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, 
         "command": command or " ".join(sys.argv)}}
     tensors = {k: v for k, v in bundle.tensors.items() if not k.startswith("refiner.")}
     tensors.update({f"refiner.{k}": v for k, v in net.state_dict().items()})
-    save_bundle(out, "dissm", metadata, tensors)
+    # The agents and the tabulated shape are stored in float16: the file halves (about 14 MB);
+    # the benchmark is measured on the file as written.
+    save_bundle(out, "dissm", metadata, tensors, half_precision=("agent.", "canonical_sdf"))
     return out
