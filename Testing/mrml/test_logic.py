@@ -82,3 +82,22 @@ def test_logic_fits_an_image_volume_with_a_dissm_model(image_dataset):
     assert len(nodes_by_class(scene, "vtkMRMLModelNode")) == 1
     segmentation = scene.GetNodeByID(out["segmentation_node_id"])
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_fit_image_out_scene_holds_the_image_model_and_segmentation(image_dataset, tmp_path):
+    import numpy as np
+    from vtk.util import numpy_support
+
+    from shapeprior.cli import main
+    from shapeprior.io import read_mesh
+    from shapeprior.mrml.scene import read_scene_bundle
+
+    out = tmp_path / "result.mrb"
+    assert main(["-q", "fit-image", str(image_dataset["images"] / "case_02.nii.gz"), "--model",
+                 str(image_dataset["refined"]), "--out-model", str(tmp_path / "m.vtk"), "--out-scene", str(out)]) == 0
+    scene = read_scene_bundle(out)
+    assert len(nodes_by_class(scene, "vtkMRMLScalarVolumeNode")) == 1
+    assert len(nodes_by_class(scene, "vtkMRMLSegmentationNode")) == 1
+    (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
+    ras = numpy_support.vtk_to_numpy(model.GetPolyData().GetPoints().GetData())
+    assert np.allclose(ras * [-1, -1, 1], read_mesh(tmp_path / "m.vtk").vertices, atol=1e-3)

@@ -304,3 +304,21 @@ def test_bundle_half_precision_storage(tmp_path):
     again = PoseAgent(2, channels=(4, 8))
     again.load_state_dict(half)  # loaders cast float16 back into the float32 parameters
     assert all(p.dtype == torch.float32 for p in again.parameters())
+
+
+def test_shipped_hippocampus_model_on_a_held_out_image(data_dir, tmp_path):
+    """The shipped model on one of its held-out images: a plausible whole hippocampus (the full
+    numbers come from `shapeprior benchmark image`)."""
+    from shapeprior.bench.image import mask_metrics
+    from shapeprior.io import read_mask
+    from shapeprior.models.bundle import load_bundle
+
+    bundle = load_bundle("hippocampus", kind="dissm")
+    case = bundle.metadata["sdf_training"]["held_out"][0]
+    assert case not in bundle.metadata["sdf_training"]["shapes"]
+    image = data_dir / "hippocampus" / "images" / f"{case}.nii.gz"
+    seg = tmp_path / "seg.nii.gz"
+    assert main(["-q", "fit-image", str(image), "--out-seg", str(seg)]) == 0
+    truth = read_mask(data_dir / "hippocampus" / "labels" / f"{case}.nii.gz", [1, 2])
+    metrics = mask_metrics(sitk.ReadImage(str(seg)), truth)
+    assert metrics["dice"] > 0.8 and metrics["hd95_mm"] < 3.0
