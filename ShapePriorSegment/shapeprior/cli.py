@@ -170,6 +170,7 @@ def _add_train_pose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--fit-steps", type=int, default=d.fit_steps, help="agent steps per stage when fitting")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(run=_run_train_pose)
 
 
@@ -184,7 +185,7 @@ def _run_train_pose(args: argparse.Namespace) -> int:
         raise InputError(None, "--steps needs four values: translation, scale, rotation, shape")
     settings = PoseTrainSettings(steps=steps, batch=args.batch, lr=args.lr, fit_steps=args.fit_steps, seed=args.seed)
     path = train_pose(args.sdf_model, args.dataset, args.out, settings, command=_command_line(),
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=args.device)
     print(f"wrote {path}")
     return 0
 
@@ -207,6 +208,7 @@ def _add_train_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--copies", type=int, default=d.copies, help="perturbed fits per training image")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(run=_run_train_refine)
 
 
@@ -215,7 +217,7 @@ def _run_train_refine(args: argparse.Namespace) -> int:
 
     settings = RefineTrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, copies=args.copies, seed=args.seed)
     path = train_refiner(args.model, args.dataset, args.out, settings, command=_command_line(),
-                         progress=not args.quiet)
+                         progress=not args.quiet, device=args.device)
     print(f"wrote {path}")
     return 0
 

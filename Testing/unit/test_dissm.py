@@ -322,3 +322,20 @@ def test_shipped_hippocampus_model_on_a_held_out_image(data_dir, tmp_path):
     truth = read_mask(data_dir / "hippocampus" / "labels" / f"{case}.nii.gz", [1, 2])
     metrics = mask_metrics(sitk.ReadImage(str(seg)), truth)
     assert metrics["dice"] > 0.8 and metrics["hd95_mm"] < 3.0
+
+
+def test_train_pose_rerun_resumes_from_its_checkpoint(image_dataset, tmp_path, capsys):
+    """A finished run's checkpoint holds every stage: the same command again rewrites the same agents."""
+    from shapeprior.models.bundle import load_bundle
+
+    out = tmp_path / "again.pt"
+    args = ["-q", "train-pose", str(image_dataset["sdf"]), str(image_dataset["data"]), str(out), "--steps", "2,2,2,2",
+            "--batch", "2", "--fit-steps", "2"]
+    assert main(args) == 0
+    first = load_bundle(out, kind="dissm").tensors
+    out.unlink()
+    assert main(args) == 0
+    second = load_bundle(out, kind="dissm").tensors
+    assert all(torch.equal(first[k], second[k]) for k in first if k.startswith("agent."))
+    assert main([*args[:-4], "--batch", "3", "--fit-steps", "2"]) == 2  # other settings: refused
+    assert "other settings" in capsys.readouterr().err

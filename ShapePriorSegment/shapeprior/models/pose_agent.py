@@ -51,6 +51,9 @@ class PoseState:
     def detach(self) -> "PoseState":
         return PoseState(*(t.detach() for t in (self.translation, self.scale, self.rotation, self.loadings)))
 
+    def to(self, device: torch.device | str) -> "PoseState":
+        return PoseState(*(t.to(device) for t in (self.translation, self.scale, self.rotation, self.loadings)))
+
     def index(self, rows: torch.Tensor) -> "PoseState":
         return PoseState(self.translation[rows], self.scale[rows], self.rotation[rows], self.loadings[rows])
 

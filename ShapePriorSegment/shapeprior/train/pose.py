@@ -27,13 +27,14 @@ from ..io import read_image, read_mesh
 from ..models.bundle import load_bundle, save_bundle
 from ..models.pose_agent import (
     STAGES,
+    CanonicalSDF,
     PoseAgent,
     PoseState,
     apply_correction,
     build_canonical_sdf,
     render_state,
 )
-from ..models.sdf import decoder_from_bundle
+from ..models.sdf import ShapeSpace, decoder_from_bundle
 from ..prep.crops import GridSpec, agent_input, intensity_stats
 from ..prep.sdf import signed_distance
 from ..transform import Similarity
@@ -150,10 +151,15 @@ def jitter(state: PoseState, stage: str, g: torch.Generator) -> PoseState:
 
 def train_pose(
     sdf_model: str | Path, dataset: str | Path, out: str | Path, settings: PoseTrainSettings, command: str = "",
-    progress: bool = True,
+    progress: bool = True, device: str | None = None,
 ) -> Path:
-    """Train the agent's stages on the SDF model's training images; write a ``dissm`` bundle."""
+    """Train the agent's stages on the SDF model's training images; write a ``dissm`` bundle.
+
+    Episode states and random draws stay on the CPU (reproducible on any device); the
+    networks, images and the loss run on ``device`` (default: CUDA when available).
+    """
     dataset, out = Path(dataset), Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sdf_bundle = load_bundle(sdf_model, kind="sdf")
     decoder, space = decoder_from_bundle(sdf_bundle)
     for p in decoder.parameters():
@@ -169,18 +175,21 @@ def train_pose(
     centre_offset = np.median([c.pose.translation - c.grid_mm.reshape(-1, 3).mean(0).numpy() for c in cases], axis=0)
     canonical = build_canonical_sdf(decoder, space.mean, space.basis)
     starts = EpisodeStarts(cases, median_scale, rotation)
-    images = torch.stack([c.image for c in cases])
-    grids = torch.stack([c.grid_mm for c in cases])
+    images = torch.stack([c.image for c in cases]).to(device)
+    grids = torch.stack([c.grid_mm for c in cases]).to(device)
+    decoder.to(device)
+    space = ShapeSpace(space.mean.to(device), space.basis.to(device), space.explained)
+    canonical_dev = CanonicalSDF(canonical.grids.to(device), canonical.radius)
     num_loadings = space.basis.shape[0]
 
     agents: dict[str, dict] = {}
     history: list[dict] = []
-    resume = load_checkpoint(out, _settings_dict(settings))
+    resume = load_checkpoint(out, _settings_dict(settings), device)
     if resume is not None:
         agents, history = resume["agents"], list(resume["history"])
 
     began = time.perf_counter()
-    agent = PoseAgent(num_loadings)
+    agent = PoseAgent(num_loadings).to(device)
     for stage, steps in zip(STAGES, settings.steps):
         if stage in agents:
             agent.load_state_dict(agents[stage])
@@ -194,19 +203,19 @@ def train_pose(
             agent.load_state_dict(resume["agent"])
             optimiser.load_state_dict(resume["optimiser"])
             scheduler.load_state_dict(resume["scheduler"])
-            states = PoseState(*resume["states"])
+            states = PoseState(*(t.cpu() for t in resume["states"]))
             start = int(resume["step"])
             g.set_state(resume["generator"])
         bar = tqdm(total=steps, initial=start, desc=f"train-pose {stage}", disable=not progress, dynamic_ncols=True)
         window = []
         for step in range(start, steps):
             rows = torch.randperm(len(cases), generator=g)[: settings.batch]
-            state = states.index(rows)
+            state = states.index(rows).to(device)
             use_loadings = stage == "shape"
-            state_img = render_state(canonical, state, grids[rows], use_loadings) / 10.0
+            state_img = render_state(canonical_dev, state, grids[rows], use_loadings) / 10.0
             output = agent(images[rows], state_img)
             new, penalty = apply_correction(state, output, stage, median_scale)
-            l1 = _sdf_l1(new, rows, cases, grids, decoder, space, canonical, use_loadings, settings.points, g)
+            l1 = _sdf_l1(new, rows, cases, grids, decoder, space, canonical_dev, use_loadings, settings.points, g)
             loss = l1 + settings.lambda_scale * penalty.mean()
             if use_loadings:
                 loss = loss + settings.lambda_prior * (new.loadings**2).sum(-1).mean()
@@ -215,7 +224,7 @@ def train_pose(
             optimiser.step()
             scheduler.step()
             # Inverted episodic training: keep the corrected state, perturbed, or restart the episode.
-            moved = jitter(new.detach(), stage, g)
+            moved = jitter(new.detach().to("cpu"), stage, g)
             restart = torch.rand(len(rows), generator=g) < PERTURB["reset_probability"]
             fresh = starts(rows, stage, g)
             for name in ("translation", "scale", "rotation", "loadings"):
@@ -276,14 +285,14 @@ def _sdf_l1(state, rows, cases, grids, decoder, space, canonical, use_decoder, p
         index = torch.cat([near, anywhere])
         picks.append(index)
         truths.append(case.sdf_mm[index])
-    pick = torch.stack(picks)
+    pick = torch.stack(picks).to(grids.device)
     points_mm = torch.gather(grids[rows].reshape(len(rows), -1, 3), 1, pick[..., None].expand(-1, -1, 3))
     unit = state.to_unit(points_mm)
     if use_decoder:
         pred = decoder(unit, space.latent(state.loadings))
     else:
         pred = canonical(unit)
-    return (pred * state.mm_per_unit()[:, None] - torch.stack(truths)).abs().mean()
+    return (pred * state.mm_per_unit()[:, None] - torch.stack(truths).to(grids.device)).abs().mean()
 
 
 def _settings_dict(settings: PoseTrainSettings) -> dict:

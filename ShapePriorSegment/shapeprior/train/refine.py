@@ -69,19 +69,24 @@ def fitted_examples(model: DISSMModel, dataset: Path, manifest: dict, names: lis
 
 
 def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, settings: RefineTrainSettings,
-                  command: str = "", progress: bool = True) -> Path:
-    """Add a trained narrow-band refiner to the ``dissm`` model at ``model_path``; write it to ``out``."""
+                  command: str = "", progress: bool = True, device: str | None = None) -> Path:
+    """Add a trained narrow-band refiner to the ``dissm`` model at ``model_path``; write it to ``out``.
+
+    The agent's fits of the training images run on the CPU; the refiner trains on ``device``
+    (default: CUDA when available).
+    """
     dataset, out = Path(dataset), Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bundle = load_bundle(model_path, kind="dissm")
     model = DISSMModel.from_bundle(bundle)
     manifest = read_manifest(dataset)
     names = bundle.metadata["sdf_training"]["shapes"]
     torch.manual_seed(settings.seed)
-    net = build_refiner()
+    net = build_refiner().to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
     start, history = 0, []
-    state = load_checkpoint(out, asdict(settings))
+    state = load_checkpoint(out, asdict(settings), device)
     if state is not None:
         net.load_state_dict(state["net"])
         optimiser.load_state_dict(state["optimiser"])
@@ -91,13 +96,14 @@ def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, 
     if start < settings.steps:
         images, fits, truths, owner = fitted_examples(model, dataset, manifest, names, settings.copies, settings.seed,
                                                       progress)
-        owner_t = torch.tensor(owner)
+        images, fits, truths = images.to(device), fits.to(device), truths.to(device)
+        owner_t = torch.tensor(owner, device=device)
     bar = tqdm(total=settings.steps, initial=start, desc="train-refine", disable=not progress, dynamic_ncols=True)
     window = []
     net.train()
     for step in range(start, settings.steps):
         g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        rows = torch.randperm(len(fits), generator=g)[: settings.batch]
+        rows = torch.randperm(len(fits), generator=g)[: settings.batch].to(device)
         refined = refine_sdf(net, images[owner_t[rows]], fits[rows])
         loss = refinement_loss(refined, fits[rows], truths[owner_t[rows]])
         optimiser.zero_grad(set_to_none=True)
