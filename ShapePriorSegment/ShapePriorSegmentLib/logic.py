@@ -170,6 +170,13 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
         return FitJob(annotation, model, settings).start()
 
+    def startImageFit(self, volumeNode, model: str = "hippocampus"):
+        """Start an image (DISSM) fit of a volume in a worker thread; poll the job, then :meth:`finishFit`."""
+        from shapeprior.mrml import bridge
+
+        image = bridge.read_volume_image(self.scene, nodeId(volumeNode))
+        return bridge.ImageFitJob(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode)).start()
+
     def finishFit(self, job, **outputs):
         """Write a finished job's result to the scene (main thread); None if it was cancelled.
 
@@ -182,6 +189,9 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
             fit = job.result()
         except FitCancelled:
             return None
+        if isinstance(job, bridge.ImageFitJob):
+            outputs.setdefault("reference_volume_id", job.volume_node_id)
+            return bridge.add_image_fit_to_scene(self.scene, fit, job.bundle, job.source, **outputs)
         return bridge.add_fit_to_scene(self.scene, fit, job.annotation, **outputs)
 
     def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,

@@ -101,3 +101,28 @@ def test_fit_image_out_scene_holds_the_image_model_and_segmentation(image_datase
     (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
     ras = numpy_support.vtk_to_numpy(model.GetPolyData().GetPoints().GetData())
     assert np.allclose(ras * [-1, -1, 1], read_mesh(tmp_path / "m.vtk").vertices, atol=1e-3)
+
+
+def test_logic_image_fit_in_the_background_and_its_cancel(image_dataset):
+    import SimpleITK as sitk
+
+    from shapeprior.mrml.bridge import add_volume_node
+
+    scene = new_scene()
+    logic = ShapePriorSegmentLogic(scene)
+    volume = scene.GetNodeByID(add_volume_node(scene, sitk.ReadImage(str(image_dataset["images"] / "case_06.nii.gz"))))
+    job = logic.startImageFit(volume, str(image_dataset["refined"]))
+    out = logic.finishFit(job)
+    assert job.done and job.progress[0] == 1.0
+    assert [s["stage"] for s in out["report"]["stages"]][-1] == "refine"
+    assert len(nodes_by_class(scene, "vtkMRMLModelNode")) == 1
+
+    # Cancelled before its first step (the panel's Cancel): nothing is added.
+    from shapeprior.mrml.bridge import ImageFitJob, read_volume_image
+
+    before = scene.GetNumberOfNodes()
+    job = ImageFitJob(read_volume_image(scene, volume.GetID()), "T1", str(image_dataset["refined"]),
+                      volume_node_id=volume.GetID())
+    job.cancel()
+    assert logic.finishFit(job.start()) is None
+    assert job.cancelled and scene.GetNumberOfNodes() == before

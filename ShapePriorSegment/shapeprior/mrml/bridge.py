@@ -6,7 +6,8 @@ rotation, so triangles keep their orientation when converted.
 
 Threading: MRML may only be touched from the main thread. The ``read_*`` functions
 and :func:`add_fit_to_scene` run there; :func:`run_fit` works on the plain arrays of an
-:class:`Annotation` and may run in a worker thread (:class:`FitJob`). The
+:class:`Annotation` and may run in a worker thread (:class:`FitJob`; an image fit:
+:class:`ImageFitJob`). The
 ``fit_*_in_scene`` functions chain the steps synchronously.
 """
 
@@ -324,33 +325,30 @@ def run_fit(
     return fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop)
 
 
-class FitJob:
-    """:func:`run_fit` in a worker thread; the main thread polls it and collects the outcome.
+class BackgroundJob:
+    """``work(progress, should_stop)`` in a worker thread; the main thread polls it and collects the outcome.
 
-    ``cancel()`` makes the fit raise :class:`~shapeprior.fit.dals_fit.FitCancelled` at
-    its next optimisation step; :meth:`result` re-raises whatever the worker raised.
+    ``cancel()`` makes the work raise :class:`~shapeprior.fit.dals_fit.FitCancelled` at its
+    next step; :meth:`result` re-raises whatever the worker raised.
     """
 
-    def __init__(self, annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings()):
-        self.annotation = annotation
+    def __init__(self, work: Callable[[Progress, ShouldStop], object]):
         self._stop = threading.Event()
         self._progress: tuple[float, str] = (0.0, "loading the model")
-        self._fit: DALSFit | None = None
+        self._result = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(model, settings), name="shapeprior-fit", daemon=True,
-        )
+        self._thread = threading.Thread(target=self._run, args=(work,), name="shapeprior-fit", daemon=True)
 
-    def _run(self, model, settings) -> None:
+    def _run(self, work) -> None:
         try:
-            self._fit = run_fit(self.annotation, model, settings, self._report, self._stop.is_set)
+            self._result = work(self._report, self._stop.is_set)
         except BaseException as exc:  # handed to the main thread by result()
             self._error = exc
 
     def _report(self, fraction: float, stage: str) -> None:
         self._progress = (fraction, stage)  # one reference assignment: atomic
 
-    def start(self) -> "FitJob":
+    def start(self) -> "BackgroundJob":
         self._thread.start()
         return self
 
@@ -363,21 +361,46 @@ class FitJob:
 
     @property
     def progress(self) -> tuple[float, str]:
-        """(fraction done, stage name) of the latest optimisation step."""
+        """(fraction done, stage name) of the latest step."""
         return self._progress
 
     @property
     def done(self) -> bool:
         return self._thread.ident is not None and not self._thread.is_alive()
 
-    def result(self, timeout: float | None = None) -> DALSFit:
-        """Wait for the worker (up to ``timeout`` s) and return its fit or raise its error."""
+    def result(self, timeout: float | None = None):
+        """Wait for the worker (up to ``timeout`` s) and return its result or raise its error."""
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("the fit is still running")
         if self._error is not None:
             raise self._error
-        return self._fit
+        return self._result
+
+
+class FitJob(BackgroundJob):
+    """:func:`run_fit` of an annotation in a worker thread (see :class:`BackgroundJob`)."""
+
+    def __init__(self, annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings()):
+        self.annotation = annotation
+        super().__init__(lambda progress, stop: run_fit(annotation, model, settings, progress, stop))
+
+
+class ImageFitJob(BackgroundJob):
+    """A DISSM fit of an image in a worker thread; ``image`` is read from the scene beforehand
+    (main thread) and :func:`add_image_fit_to_scene` writes the result (main thread again)."""
+
+    def __init__(self, image: sitk.Image, source: str, model: str | os.PathLike = "hippocampus",
+                 stages: Sequence[str] | None = None, volume_node_id: str | None = None):
+        from ..fit.image_fit import DISSMModel, fit_image
+        from ..models.bundle import load_bundle
+
+        self.source = source
+        self.volume_node_id = volume_node_id  # the segmentation's reference geometry when written
+        self.bundle = load_bundle(model, kind="dissm")
+        dissm = DISSMModel.from_bundle(self.bundle)
+        super().__init__(lambda progress, stop: fit_image(dissm, image, stages, source=source, progress=progress,
+                                                          should_stop=stop))
 
 
 # --------------------------------------------------------------------------- surfaces
@@ -635,6 +658,14 @@ def fit_painted_segment_in_scene(
     )
 
 
+def add_image_fit_to_scene(scene, fit, bundle, source: str, **outputs) -> dict:
+    """Write a DISSM fit (:class:`~shapeprior.fit.image_fit.ImageFit`) to the scene; node ids and ``report``."""
+    written = add_surface_to_scene(scene, fit.mesh, bundle.organ, **outputs)
+    report = {"input": source, "model": str(bundle.path), "organ": bundle.organ, "stages": fit.stages,
+              "seconds": fit.seconds, "warnings": fit.warnings + written.pop("warnings")}
+    return {**written, "report": report}
+
+
 def fit_image_in_scene(
     scene,
     volume_node_id: str,
@@ -659,7 +690,4 @@ def fit_image_in_scene(
     fit = fit_image(DISSMModel.from_bundle(bundle), image, stages, source=source, progress=progress,
                     should_stop=should_stop)
     outputs.setdefault("reference_volume_id", volume_node_id)
-    written = add_surface_to_scene(scene, fit.mesh, bundle.organ, **outputs)
-    report = {"input": source, "model": str(bundle.path), "organ": bundle.organ, "stages": fit.stages,
-              "seconds": fit.seconds, "warnings": fit.warnings + written.pop("warnings")}
-    return {**written, "report": report}
+    return add_image_fit_to_scene(scene, fit, bundle, source, **outputs)
