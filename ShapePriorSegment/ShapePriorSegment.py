@@ -57,7 +57,8 @@ class ShapePriorSegment(ScriptedLoadableModule):
 Delineate a whole organ from a few contours. Draw closed curves on a few slices of at
 least two different views (for example one axial, one sagittal and one coronal), or paint
 a few slices in the Segment Editor, or pick a CNN mask to refine; choose the organ's shape
-model and press <b>Fit</b>. A learned statistical shape prior completes the organ between
+model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model (hippocampus)
+finds the organ in the input volume without any annotation. A learned statistical shape prior completes the organ between
 the contours. The result is a smooth model and a segment (closed surface) named after the
 organ; the <b>Quality check</b> section lists how far each contour is from the surface and
 colors the surface by its distance to the annotation.
@@ -155,6 +156,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.curvesRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("curves"))
         self.ui.paintedRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("painted"))
         self.ui.maskRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("mask"))
+        self.ui.imageRadioButton.connect("toggled(bool)", lambda on: on and self.onAnnotationMode("image"))
         self.ui.placeRedButton.connect("clicked(bool)", lambda: self.onPlaceContour("Red"))
         self.ui.placeYellowButton.connect("clicked(bool)", lambda: self.onPlaceContour("Yellow"))
         self.ui.placeGreenButton.connect("clicked(bool)", lambda: self.onPlaceContour("Green"))
@@ -214,7 +216,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._showModel(self._parameterNode.model)
             mode = self._parameterNode.annotationMode
             {"curves": self.ui.curvesRadioButton, "painted": self.ui.paintedRadioButton,
-             "mask": self.ui.maskRadioButton}[mode].setChecked(True)
+             "mask": self.ui.maskRadioButton, "image": self.ui.imageRadioButton}[mode].setChecked(True)
             self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))
         self._checkCanFit()
 
@@ -232,6 +234,8 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return len(self.ui.contourNodesComboBox.checkedNodes()) > 0
         if mode == "painted":
             return bool(self.ui.paintedSegmentSelector.currentSegmentID())
+        if mode == "image":
+            return self._parameterNode.inputVolume is not None
         return bool(self.ui.maskLabelmapSelector.currentNode() or self.ui.maskSegmentSelector.currentSegmentID())
 
     # ---------------------------------------------------------------- inputs
@@ -264,6 +268,11 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))
         if self._parameterNode:
             self._parameterNode.annotationMode = mode
+            # Image fitting needs an image-fitting (DISSM) model, the other modes a mesh (DALS) one.
+            with slicer.util.tryWithErrorDisplay(_("Could not read the shape model."), waitCursor=True):
+                if not self.logic.missingDependencies():
+                    self._parameterNode.model = self.logic.modelForMode(self._parameterNode.model, mode)
+                    self._showModel(self._parameterNode.model)
 
     def onPlaceContour(self, viewName: str):
         with slicer.util.tryWithErrorDisplay(_("Could not start drawing a contour."), waitCursor=False):
@@ -362,12 +371,19 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 if not self._ensureDependencies():
                     return
                 p = self._parameterNode
-                annotation = self.logic.readAnnotation(p.annotationMode, **self._annotationInputs())
-                outputs = self._outputOptions(refit)
-                if outputs is None:
-                    return
-                self._jobOutputs = outputs
-                self._job = self.logic.startFit(annotation, p.model, self.logic.fitSettings(p))
+                if p.annotationMode == "image":
+                    outputs = self._outputOptions(refit=False)
+                    if outputs is None:
+                        return
+                    self._jobOutputs, self._jobCurveNames = outputs, []
+                    self._job = self.logic.startImageFit(p.inputVolume, p.model)
+                else:
+                    annotation = self.logic.readAnnotation(p.annotationMode, **self._annotationInputs())
+                    outputs = self._outputOptions(refit)
+                    if outputs is None:
+                        return
+                    self._jobOutputs = outputs
+                    self._job = self.logic.startFit(annotation, p.model, self.logic.fitSettings(p))
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = _("Loading the shape model...")
                 self._pollTimer.start()

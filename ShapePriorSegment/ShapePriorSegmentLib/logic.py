@@ -31,7 +31,10 @@ PIP_REQUIREMENTS = [
 TORCH_REQUIREMENT = "torch>=2.1"
 SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
 LOAD_MODEL_ITEM = "Load model file..."
-ANNOTATION_MODES = ("curves", "painted", "mask")
+ANNOTATION_MODES = ("curves", "painted", "mask", "image")
+# The model kind each mode needs, and the bundled model to switch to when the chosen one is of another kind.
+MODE_MODEL_KIND = {"curves": "dals", "painted": "dals", "mask": "dals", "image": "dissm"}
+DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 
 
 def resourcePath(relativePath: str) -> str:
@@ -131,13 +134,28 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         found = {name: os.path.join(root, name, "model.pt") for name in sorted(os.listdir(root))}
         return {organ: path for organ, path in found.items() if os.path.isfile(path)}
 
-    def modelOrgan(self, model: str) -> str:
-        """The organ of a bundled model name or model file (read from the bundle)."""
+    def _modelInfo(self, model: str) -> tuple:
+        """(kind, organ) of a bundled model name or model file, read from the bundle once."""
         if model not in self._organs:
             from shapeprior.models.bundle import load_bundle
 
-            self._organs[model] = load_bundle(model, kind="dals").organ
+            bundle = load_bundle(model)
+            self._organs[model] = (bundle.kind, bundle.organ)
         return self._organs[model]
+
+    def modelOrgan(self, model: str) -> str:
+        """The organ of a bundled model name or model file."""
+        return self._modelInfo(model)[1]
+
+    def modelForMode(self, model: str, mode: str) -> str:
+        """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""
+        kind = MODE_MODEL_KIND[mode]
+        try:
+            if self._modelInfo(model)[0] == kind:
+                return model
+        except Exception:  # missing or unreadable file: the fit will say so
+            return model
+        return DEFAULT_MODEL[kind]
 
     @staticmethod
     def fitSettings(parameterNode):

@@ -126,3 +126,13 @@ def test_logic_image_fit_in_the_background_and_its_cancel(image_dataset):
     job.cancel()
     assert logic.finishFit(job.start()) is None
     assert job.cancelled and scene.GetNumberOfNodes() == before
+
+
+def test_logic_picks_a_model_of_the_kind_each_mode_needs(tiny_model, image_dataset):
+    logic = ShapePriorSegmentLogic(new_scene())
+    assert logic.modelForMode(str(tiny_model), "curves") == str(tiny_model)
+    assert logic.modelForMode(str(tiny_model), "image") == "hippocampus"
+    assert logic.modelForMode(str(image_dataset["dissm"]), "image") == str(image_dataset["dissm"])
+    assert logic.modelForMode(str(image_dataset["dissm"]), "mask") == "liver"
+    assert logic.modelOrgan(str(image_dataset["dissm"])) == "blob"
+    assert logic.modelForMode("/no/such/model.pt", "image") == "/no/such/model.pt"  # the fit reports it
