@@ -446,7 +446,7 @@ def _add_fit_image(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit_image(args: argparse.Namespace) -> int:
-    from .fit.image_fit import DISSMModel, fit_image
+    from .fit.image_fit import DISSMModel, fit_image, fit_report
     from .io import read_image, write_json, write_mesh
     from .io.labelmaps import write_labelmap
     from .models.bundle import load_bundle
@@ -463,10 +463,7 @@ def _run_fit_image(args: argparse.Namespace) -> int:
         fit = fit_image(model, image, stages, args.steps, source=args.input, progress=update)
     for warning in fit.warnings:
         print(f"shapeprior: warning: {warning}", file=sys.stderr)
-    report = {"input": args.input, "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
-              "pose_convention": "x = t + R (s * u), u in the model unit sphere", "stages": fit.stages,
-              "seconds": fit.seconds, "warnings": fit.warnings,
-              "volume_ml": float(fit.mesh.volume) / 1000.0}
+    report = fit_report(fit, bundle, args.input)
     if args.out_model:
         write_mesh(fit.mesh, args.out_model)
     if args.out_seg:

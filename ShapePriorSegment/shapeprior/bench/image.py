@@ -8,7 +8,6 @@ segments the same images in the same process.
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..io import read_image, read_mask
 from ..io.labelmaps import mesh_to_labelmap
 from ..metrics import assd_voxel, dice, hd95_voxel
 from ..models.bundle import load_bundle
+from ..train.common import read_manifest
 from ..train.unet import segment, unet_from_bundle
 
 
@@ -35,10 +35,7 @@ def mask_metrics(pred: sitk.Image, truth: sitk.Image) -> dict:
 
 def held_out_cases(dataset: Path, names: list[str], limit: int | None) -> list[tuple[str, str, str, list[int]]]:
     """(name, image path, mask path, labels) of the held-out shapes listed in the model."""
-    manifest_path = dataset / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(dataset, "not a prepared dataset (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(dataset)
     labels = manifest["settings"].get("labels")
     cases = [(n, manifest["shapes"][n]["image"], manifest["shapes"][n]["source"], labels)
              for n in names if n in manifest["shapes"]]

@@ -32,8 +32,8 @@ from ..models.pose_agent import (
 )
 from ..models.refiner import BAND_MM, build_refiner, refine_sdf
 from ..models.sdf import SDFDecoder, ShapeSpace, decoder_from_bundle, extract_mesh
-from ..prep.crops import FINE_GRID, GridSpec, agent_input, grid_to_lps, intensity_stats
-from ..prep.surface import largest_component
+from ..prep.crops import FINE_GRID, GridSpec, agent_input, intensity_stats
+from ..prep.surface import index_to_physical, largest_component
 from .dals_fit import FitCancelled
 
 
@@ -89,6 +89,13 @@ class ImageFit:
     stages: list[dict]  # per stage: pose and loadings after it
     seconds: float
     warnings: list[str] = field(default_factory=list)
+
+
+def fit_report(fit: "ImageFit", bundle: ModelBundle, source: str) -> dict:
+    """The JSON report of a fit: pose and loadings per stage, time, warnings, volume."""
+    return {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
+            "pose_convention": "x = t + R (s * u), u in the model unit sphere", "stages": fit.stages,
+            "seconds": fit.seconds, "warnings": list(fit.warnings), "volume_ml": float(fit.mesh.volume) / 1000.0}
 
 
 def initial_state(model: DISSMModel, grid_mm: torch.Tensor) -> PoseState:
@@ -183,7 +190,7 @@ def level_set_mesh(sdf_mm: np.ndarray, reference: sitk.Image) -> trimesh.Trimesh
         return trimesh.Trimesh()
     verts_kji, faces, _, _ = marching_cubes(sdf_mm, level=0.0)
     ijk1 = np.concatenate([verts_kji[:, ::-1], np.ones((len(verts_kji), 1))], 1)
-    mesh = trimesh.Trimesh((ijk1 @ grid_to_lps(reference).T)[:, :3], faces, process=False)
+    mesh = trimesh.Trimesh((ijk1 @ index_to_physical(reference).T)[:, :3], faces, process=False)
     if mesh.volume < 0:  # the (k, j, i) -> LPS map may flip handedness
         mesh.invert()
     return mesh

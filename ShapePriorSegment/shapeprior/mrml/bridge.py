@@ -660,9 +660,11 @@ def fit_painted_segment_in_scene(
 
 def add_image_fit_to_scene(scene, fit, bundle, source: str, **outputs) -> dict:
     """Write a DISSM fit (:class:`~shapeprior.fit.image_fit.ImageFit`) to the scene; node ids and ``report``."""
+    from ..fit.image_fit import fit_report
+
     written = add_surface_to_scene(scene, fit.mesh, bundle.organ, **outputs)
-    report = {"input": source, "model": str(bundle.path), "organ": bundle.organ, "stages": fit.stages,
-              "seconds": fit.seconds, "warnings": fit.warnings + written.pop("warnings")}
+    report = fit_report(fit, bundle, source)
+    report["warnings"] += written.pop("warnings")
     return {**written, "report": report}
 
 

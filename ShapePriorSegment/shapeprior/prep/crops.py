@@ -2,7 +2,7 @@
 
 Every image is resampled onto a grid of fixed size and spacing, centred on the
 image's physical centre and sharing its direction cosines, so a network sees the
-same geometry whatever the crop size. ``grid_to_lps`` (4x4) maps the grid's
+same geometry whatever the crop size. ``prep.surface.index_to_physical`` (4x4) maps the grid's
 continuous (i, j, k) indices to LPS millimetres; arrays are stored (k, j, i).
 """
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+from .surface import index_to_physical
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,6 @@ def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
     voxel so its voxels coincide with the image's: resampling there copies voxels instead
     of interpolating between them (a half-voxel shift costs a small organ several Dice points).
     """
-    direction = np.array(image.GetDirection()).reshape(3, 3)
     image_size, image_spacing = np.array(image.GetSize()), np.array(image.GetSpacing())
     size = np.array(spec.size)
     # Continuous image index of the grid's first voxel when centred exactly.
@@ -54,20 +55,12 @@ def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
     return reference
 
 
-def grid_to_lps(reference: sitk.Image) -> np.ndarray:
-    """4x4 matrix: continuous (i, j, k) of ``reference`` -> LPS mm."""
-    m = np.eye(4)
-    m[:3, :3] = np.array(reference.GetDirection()).reshape(3, 3) * np.array(reference.GetSpacing())
-    m[:3, 3] = reference.GetOrigin()
-    return m
-
-
 def grid_points(reference: sitk.Image) -> np.ndarray:
     """(K, J, I, 3) LPS mm of every voxel centre of ``reference``, in array order."""
     size = reference.GetSize()
     k, j, i = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in size[::-1]], indexing="ij")
     ijk1 = np.stack([i, j, k, np.ones_like(i)], -1)
-    return (ijk1 @ grid_to_lps(reference).T)[..., :3]
+    return (ijk1 @ index_to_physical(reference).T)[..., :3]
 
 
 def intensity_stats(image: sitk.Image) -> tuple[float, float]:
