@@ -479,6 +479,82 @@ def _run_fit_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_refine_mask(sub: argparse._SubParsersAction) -> None:
+    from .fit.refine_mask import RefineSettings
+
+    d = RefineSettings()
+    p = sub.add_parser(
+        "refine-mask",
+        help="CNN mask -> smooth, plausible surface and segmentation with a shape prior",
+        description="Fit a shape model robustly to a mask (largest part; leaks, holes and cut-off parts barely "
+        "pull), then snap it to the mask where both agree. A DALS model fits a mesh to the mask boundary's "
+        "distance map; an implicit (sdf/dissm) model fits pose and PCA loadings to its signed distance map.",
+    )
+    p.add_argument("input", help="label image (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    p.add_argument("--model", required=True, help="shipped model name (liver, hippocampus) or a .pt bundle")
+    p.add_argument("--label", help="label value(s) to refine; comma-separated labels are merged")
+    p.add_argument("--all-parts", action="store_true",
+                   help="fit all disconnected parts together (default: the largest)")
+    p.add_argument("--image", help="the image the mask belongs to, for the scene bundle")
+    p.add_argument("--trust-voxels", type=float, default=d.trust_voxels,
+                   help="how far (in voxels) the surface follows the mask where the prior disagrees with it "
+                   "(0: the prior alone; default 1 for implicit models, 5 for DALS models)")
+    p.add_argument("--lambda-dir", type=float, default=d.dals.lambda_dir,
+                   help="DALS prior strength: smoothness of the per-vertex latents")
+    p.add_argument("--global-only", action="store_true", help="DALS: one global latent, no per-vertex latents")
+    p.add_argument("--out-model", help="refined surface, LPS mm, with the point array DistanceToMaskBoundary_mm "
+                   "(.vtk/.vtp keep it; .stl/.ply/.obj)")
+    p.add_argument("--out-seg", help="segmentation on the mask's grid (.nii.gz, .nrrd or .seg.nrrd)")
+    p.add_argument("--report", help="JSON report: pose, disagreement with the mask, volumes, time, warnings")
+    p.add_argument("--out-scene", help="Slicer scene bundle (.mrb): image (--image), model, segmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_refine_mask)
+
+
+def _run_refine_mask(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .fit.refine_mask import DISTANCE_ARRAY, RefineSettings, refine_mask
+    from .io import read_image, read_mask, write_json, write_mesh
+    from .io.images import parse_labels
+    from .io.labelmaps import write_labelmap
+
+    _check_outputs(args)
+    if args.image:
+        read_image(args.image)  # a bad image fails before the fit
+    if args.trust_voxels is not None and args.trust_voxels < 0:
+        raise InputError(None, f"--trust-voxels must be >= 0, got {args.trust_voxels}")
+    mask = read_mask(args.input, parse_labels(args.label))
+    d = RefineSettings()
+    dals = replace(d.dals, lambda_dir=args.lambda_dir, seed=args.seed,
+                   vertex_steps=0 if args.global_only else d.dals.vertex_steps)
+    settings = replace(d, trust_voxels=args.trust_voxels, dals=dals, implicit=replace(d.implicit, seed=args.seed))
+    bar, update = _progress_bar(args.quiet)
+    with bar:
+        refined = refine_mask(mask, args.model, args.input, args.all_parts, settings, progress=update)
+    for warning in refined.warnings:
+        print(f"shapeprior: warning: {warning}", file=sys.stderr)
+    if args.out_model:
+        write_mesh(refined.mesh, args.out_model, point_data={DISTANCE_ARRAY: refined.distances})
+    if args.out_seg:
+        write_labelmap(refined.segmentation, args.out_seg, name=refined.report["organ"])
+    if args.report:
+        write_json(refined.report, args.report)
+    if args.out_scene:
+        from .mrml.scene import write_scene_bundle
+        from .prep.mask_distance import boundary_points
+
+        write_scene_bundle(args.out_scene, [], refined.mesh, refined.report["organ"], volume_path=args.image,
+                           report=refined.report, annotation_points=boundary_points(refined.prepared))
+    r = refined.report
+    print(f"refined {r['organ']} mask {args.input} in {r['seconds']:.1f} s: Dice with the mask "
+          f"{r['dice_with_mask']:.3f}, {r['added_ml']:.1f} ml added, {r['removed_ml']:.1f} ml removed; "
+          f"{100 * (r['distance_to_mask_boundary_mm']['disagreeing_fraction'] or 0):.0f}% of the surface is "
+          f"over {r['distance_to_mask_boundary_mm']['disagreeing_threshold_mm']:.1f} mm from the mask boundary")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="fit the shipped liver model to the bundled sample contours",
@@ -539,6 +615,25 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", help="write per-case results here (JSON)")
     i.add_argument("--markdown", help="write the summary table here (Markdown)")
     i.set_defaults(run=_run_benchmark_image)
+    r = kinds.add_parser(
+        "refine", help="mask refinement: CNN masks and typical CNN failures before and after, and a CT example",
+        description="Refines the U-Net's masks of held-out hippocampus images and held-out true masks with "
+        "thick slices, a leak, a hole or a cut-off part (hippocampus and livers), scoring each against the "
+        "truth before and after; then the example CT's CNN liver mask, drawn over the scan with --figure.",
+    )
+    shared = os.path.join("..", "shared", "data")
+    r.add_argument("--data", help="the hippocampus dataset folder (prepared with --images) of the hippocampus model")
+    r.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (its masks are refined)")
+    r.add_argument("--liver-meshes", default=os.path.join(shared, "liver-meshes"), help="folder of liver surfaces "
+                   "(held-out LiTS-*, 3Dircadb-* are voxelised at 2 mm; '' to skip)")
+    r.add_argument("--ct-example", default=os.path.join(shared, "ct-example"), help="TotalSegmentator example "
+                   "folder ('' to skip)")
+    r.add_argument("--figure", help="PNG of the CT example's refined liver over the scan")
+    r.add_argument("--limit", type=int, default=0, help="first N held-out hippocampus cases (0: all)")
+    r.add_argument("--liver-limit", type=int, default=8, help="held-out livers, spread over the sorted list")
+    r.add_argument("--out", help="write per-case results here (JSON)")
+    r.add_argument("--markdown", help="write the summary table here (Markdown)")
+    r.set_defaults(run=_run_benchmark_refine)
 
 
 def _run_benchmark_contours(args: argparse.Namespace) -> int:
@@ -559,6 +654,25 @@ def _run_benchmark_image(args: argparse.Namespace) -> int:
 
     result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet)
     _write_benchmark(args, result, summarise(result))
+    return 0
+
+
+def _run_benchmark_refine(args: argparse.Namespace) -> int:
+    from .bench.refine import ct_example, run_benchmark, summarise
+
+    result = run_benchmark(args.data, args.unet, args.liver_meshes or None, limit=args.limit or None,
+                           liver_limit=args.liver_limit, progress=not args.quiet)
+    table = summarise(result)
+    if args.ct_example:
+        ct = ct_example(args.ct_example, args.figure)
+        result["ct_example"] = ct
+        table += (f"\n\nCT example (TotalSegmentator liver mask, 3 mm, {len(ct['border_faces'])} image faces "
+                  f"touched): refined in {ct['seconds']:.1f} s, Dice with the CNN mask {ct['dice_with_mask']:.3f}, "
+                  f"{ct['added_ml']:.0f} ml added, {ct['removed_ml']:.0f} ml removed; "
+                  f"{100 * ct['distance_to_mask_boundary_mm']['disagreeing_fraction']:.0f}% of the surface inside "
+                  f"the scan is over {ct['distance_to_mask_boundary_mm']['disagreeing_threshold_mm']:.0f} mm "
+                  "from the mask.")
+    _write_benchmark(args, result, table)
     return 0
 
 
@@ -587,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_contours(sub)
     _add_fit_points(sub)
     _add_fit_image(sub)
+    _add_refine_mask(sub)
     _add_demo(sub)
     _add_benchmark(sub)
     return parser

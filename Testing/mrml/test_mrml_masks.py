@@ -130,3 +130,18 @@ def test_cnn_mask_is_refined(scene, oblique_mask, tiny_model, settings):
     out = bridge.fit_annotation_in_scene(scene, bridge.read_mask_annotation(scene, node_id), tiny_model, settings)
     assert scene.GetNodeByID(out["model_node_id"]).GetPolyData().GetNumberOfPoints() > 0
     assert out["report"]["warnings"] == []
+
+
+def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thread):
+    """A labelmap node with a leak -> refined liver model + segment; the leak is mostly dropped."""
+    from shapeprior.bench.refine import failure_mask
+
+    liver_like = helpers.ellipsoid_image((90.0, 75.0, 60.0), spacing=(3.0, 3.0, 3.0))
+    leaky = failure_mask(liver_like, "leak", 0)
+    node_id = bridge.add_labelmap_node(scene, leaky, "cnn liver")
+    out = bridge.refine_mask_in_scene(scene, node_id, "liver")
+    model = scene.GetNodeByID(out["model_node_id"])
+    assert model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY) is not None
+    assert out["report"]["route"] == "dals" and out["report"]["removed_ml"] > 0
+    segmentation = scene.GetNodeByID(out["segmentation_node_id"]).GetSegmentation()
+    assert segmentation.GetSegment(out["segment_id"]).GetName() == "liver"

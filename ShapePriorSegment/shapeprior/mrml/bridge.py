@@ -296,17 +296,41 @@ def mask_surface_points(mask: sitk.Image, source: str = "mask") -> np.ndarray:
     return points
 
 
-def read_mask_annotation(scene, node_id: str, segment_id: str | None = None, label: int | None = None) -> Annotation:
-    """A (CNN) mask to refine: a segment of a segmentation node, or a labelmap volume node."""
+def read_mask_node(scene, node_id: str, segment_id: str | None = None,
+                   label: int | None = None) -> tuple[sitk.Image, str, str]:
+    """(mask, source, name) of a segment of a segmentation node, or of a labelmap volume node."""
     node = scene.GetNodeByID(node_id) if node_id else None
     if node is not None and node.IsA("vtkMRMLSegmentationNode"):
         mask = read_segment_mask(scene, node_id, segment_id)
         name = node.GetSegmentation().GetSegment(segment_id).GetName()
-        source = f"{node.GetName()}/{name}"
-    else:
-        mask = read_volume_mask(scene, node_id, label)
-        name = source = scene.GetNodeByID(node_id).GetName()
+        return mask, f"{node.GetName()}/{name}", name
+    mask = read_volume_mask(scene, node_id, label)
+    name = scene.GetNodeByID(node_id).GetName()
+    return mask, name, name
+
+
+def read_mask_annotation(scene, node_id: str, segment_id: str | None = None, label: int | None = None) -> Annotation:
+    """A (CNN) mask to refine: a segment of a segmentation node, or a labelmap volume node."""
+    mask, source, name = read_mask_node(scene, node_id, segment_id, label)
     return Annotation(points=mask_surface_points(mask, source), source=source, label=name)
+
+
+def refine_mask_in_scene(
+    scene, node_id: str, model: str | os.PathLike, segment_id: str | None = None, label: int | None = None,
+    progress: Progress | None = None, should_stop: ShouldStop | None = None, **outputs,
+) -> dict:
+    """Refine a mask node (segment or labelmap) with :func:`~shapeprior.fit.refine_mask.refine_mask`;
+    the model node is coloured by distance to the mask boundary. Node ids and ``report`` as in
+    :func:`add_surface_to_scene` (``outputs`` likewise)."""
+    from ..fit.refine_mask import refine_mask
+    from ..prep.mask_distance import boundary_points
+
+    mask, source, _ = read_mask_node(scene, node_id, segment_id, label)
+    refined = refine_mask(mask, model, source, progress=progress, should_stop=should_stop)
+    written = add_surface_to_scene(scene, refined.mesh, refined.report["organ"], boundary_points(refined.prepared),
+                                   **outputs)
+    report = {**refined.report, "warnings": refined.warnings + written.pop("warnings")}
+    return {**written, "report": report}
 
 
 # --------------------------------------------------------------------------- fitting

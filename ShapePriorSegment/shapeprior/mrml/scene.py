@@ -76,10 +76,12 @@ def write_scene_bundle(
     organ: str,
     volume_path: str | os.PathLike | None = None,
     report: dict | None = None,
+    annotation_points: np.ndarray | None = None,
 ) -> Path:
     """Write a Slicer scene bundle: input volume (if given), curves, fitted model, segmentation.
 
-    Curves and mesh are LPS mm. The model is coloured by distance to the curves; the
+    Curves and mesh are LPS mm. The model is coloured by distance to the curves (or to
+    ``annotation_points`` (N, 3) LPS mm when given, e.g. a refined mask's boundary); the
     segment (named after the organ) keeps the closed surface as its source
     representation. ``report`` is stored as a text node ``<organ> fit report`` (JSON).
     The file appears complete or not at all.
@@ -100,6 +102,8 @@ def write_scene_bundle(
     curves = [np.asarray(c, dtype=np.float64) for c in curves_lps]
     add_closed_curves(scene, curves)
     dense = np.concatenate([resample_closed_curve(c) for c in curves]) if curves else None
+    if annotation_points is not None:
+        dense = np.asarray(annotation_points, dtype=np.float64)
     add_surface_to_scene(scene, mesh_lps, organ, dense, reference_volume_id=volume_id)
     if report is not None:
         text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{organ} fit report")
