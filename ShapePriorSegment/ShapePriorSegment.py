@@ -371,12 +371,16 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 if not self._ensureDependencies():
                     return
                 p = self._parameterNode
-                if p.annotationMode == "image":
+                if p.annotationMode in ("image", "mask"):
+                    inputs = self._annotationInputs() if p.annotationMode == "mask" else {}
                     outputs = self._outputOptions(refit=False)
                     if outputs is None:
                         return
                     self._jobOutputs, self._jobCurveNames = outputs, []
-                    self._job = self.logic.startImageFit(p.inputVolume, p.model)
+                    if p.annotationMode == "image":
+                        self._job = self.logic.startImageFit(p.inputVolume, p.model)
+                    else:
+                        self._job = self.logic.startMaskRefinement(model=p.model, **inputs)
                 else:
                     annotation = self.logic.readAnnotation(p.annotationMode, **self._annotationInputs())
                     outputs = self._outputOptions(refit)

@@ -32,8 +32,9 @@ TORCH_REQUIREMENT = "torch>=2.1"
 SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
 LOAD_MODEL_ITEM = "Load model file..."
 ANNOTATION_MODES = ("curves", "painted", "mask", "image")
-# The model kind each mode needs, and the bundled model to switch to when the chosen one is of another kind.
-MODE_MODEL_KIND = {"curves": "dals", "painted": "dals", "mask": "dals", "image": "dissm"}
+# The model kinds each mode can use, and the bundled model to switch to when the chosen one is of
+# another kind (the default of the first kind listed).
+MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf"), "image": ("dissm",)}
 DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 
 
@@ -149,13 +150,13 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
     def modelForMode(self, model: str, mode: str) -> str:
         """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""
-        kind = MODE_MODEL_KIND[mode]
+        kinds = MODE_MODEL_KINDS[mode]
         try:
-            if self._modelInfo(model)[0] == kind:
+            if self._modelInfo(model)[0] in kinds:
                 return model
         except Exception:  # missing or unreadable file: the fit will say so
             return model
-        return DEFAULT_MODEL[kind]
+        return DEFAULT_MODEL[kinds[0]]
 
     @staticmethod
     def fitSettings(parameterNode):
@@ -168,8 +169,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
     # ---------------------------------------------------------------- annotation and fit
 
-    def readAnnotation(self, mode: str, curveNodes=(), segmentationNode=None, segmentId=None, maskNode=None):
-        """Read the annotation from the scene (main thread) into plain arrays for the worker."""
+    def readAnnotation(self, mode: str, curveNodes=(), segmentationNode=None, segmentId=None):
+        """Read a curve or painted annotation from the scene (main thread) into plain arrays for the worker."""
         from shapeprior.mrml import bridge
 
         scene = self.scene
@@ -177,8 +178,6 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
             return bridge.read_curve_annotation(scene, [node.GetID() for node in curveNodes])
         if mode == "painted":
             return bridge.read_painted_segment_annotation(scene, nodeId(segmentationNode), segmentId)
-        if mode == "mask":
-            return bridge.read_mask_annotation(scene, nodeId(maskNode), segmentId)
         raise ValueError(f"unknown annotation mode {mode!r}")
 
     @staticmethod
@@ -195,6 +194,14 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         image = bridge.read_volume_image(self.scene, nodeId(volumeNode))
         return bridge.ImageFitJob(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode)).start()
 
+    def startMaskRefinement(self, maskNode, segmentId=None, model: str = "liver"):
+        """Start refining a CNN mask (labelmap node, or a segment of a segmentation node) in a worker
+        thread; poll the returned job, then call :meth:`finishFit`."""
+        from shapeprior.mrml import bridge
+
+        mask, source, _ = bridge.read_mask_node(self.scene, nodeId(maskNode), segmentId)
+        return bridge.MaskRefineJob(mask, source, model).start()
+
     def finishFit(self, job, **outputs):
         """Write a finished job's result to the scene (main thread); None if it was cancelled.
 
@@ -210,6 +217,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         if isinstance(job, bridge.ImageFitJob):
             outputs.setdefault("reference_volume_id", job.volume_node_id)
             return bridge.add_image_fit_to_scene(self.scene, fit, job.bundle, job.source, **outputs)
+        if isinstance(job, bridge.MaskRefineJob):
+            return bridge.add_refinement_to_scene(self.scene, fit, **outputs)
         return bridge.add_fit_to_scene(self.scene, fit, job.annotation, **outputs)
 
     def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,
@@ -230,6 +239,16 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
         return bridge.fit_image_in_scene(
             self.scene, nodeId(volumeNode), model, stages, progress, shouldStop,
+            segmentation_node_id=nodeId(outputSegmentationNode),
+        )
+
+    def processMask(self, maskNode, segmentId=None, model: str = "liver", progress=None, shouldStop=None,
+                    outputSegmentationNode=None) -> dict:
+        """Refine a CNN mask with a shape prior synchronously; returns the node ids and the report."""
+        from shapeprior.mrml import bridge
+
+        return bridge.refine_mask_in_scene(
+            self.scene, nodeId(maskNode), model, segmentId, progress=progress, should_stop=shouldStop,
             segmentation_node_id=nodeId(outputSegmentationNode),
         )
 

@@ -128,11 +128,36 @@ def test_logic_image_fit_in_the_background_and_its_cancel(image_dataset):
     assert job.cancelled and scene.GetNumberOfNodes() == before
 
 
+def test_logic_refines_a_cnn_mask_in_the_background_and_its_cancel(image_dataset):
+    import SimpleITK as sitk
+
+    from shapeprior.io import read_mask
+    from shapeprior.mrml.bridge import MaskRefineJob, add_labelmap_node
+
+    scene = new_scene()
+    logic = ShapePriorSegmentLogic(scene)
+    mask = read_mask(image_dataset["root"] / "labels" / "case_04.nii.gz", [1, 2])
+    node = scene.GetNodeByID(add_labelmap_node(scene, mask, "cnn blob"))
+    job = logic.startMaskRefinement(node, model=str(image_dataset["dissm"]))
+    out = logic.finishFit(job)
+    assert job.done and job.progress[0] == 1.0
+    assert out["report"]["route"] == "dissm" and out["report"]["input"] == "cnn blob"
+    assert len(nodes_by_class(scene, "vtkMRMLModelNode")) == 1
+    assert sitk.GetArrayViewFromImage(mask).sum() > 0
+
+    before = scene.GetNumberOfNodes()
+    job = MaskRefineJob(mask, "cnn blob", str(image_dataset["dissm"]))
+    job.cancel()
+    assert logic.finishFit(job.start()) is None
+    assert job.cancelled and scene.GetNumberOfNodes() == before
+
+
 def test_logic_picks_a_model_of_the_kind_each_mode_needs(tiny_model, image_dataset):
     logic = ShapePriorSegmentLogic(new_scene())
     assert logic.modelForMode(str(tiny_model), "curves") == str(tiny_model)
     assert logic.modelForMode(str(tiny_model), "image") == "hippocampus"
     assert logic.modelForMode(str(image_dataset["dissm"]), "image") == str(image_dataset["dissm"])
-    assert logic.modelForMode(str(image_dataset["dissm"]), "mask") == "liver"
+    assert logic.modelForMode(str(image_dataset["dissm"]), "mask") == str(image_dataset["dissm"])
+    assert logic.modelForMode(str(image_dataset["unet"]), "mask") == "liver"
     assert logic.modelOrgan(str(image_dataset["dissm"])) == "blob"
     assert logic.modelForMode("/no/such/model.pt", "image") == "/no/such/model.pt"  # the fit reports it

@@ -75,8 +75,8 @@ def test_segment_painted_on_one_slice_only(scene, refuse, helpers):
 
 
 def test_empty_labelmap_volume(scene, refuse):
-    def fit_mask(scene, node_id, **kwargs):
-        return bridge.fit_annotation_in_scene(scene, bridge.read_mask_annotation(scene, node_id), **kwargs)
+    def fit_mask(scene, node_id, model, settings):
+        return bridge.refine_mask_in_scene(scene, node_id, model)
 
     node_id = bridge.add_labelmap_node(scene, sitk.Image(20, 20, 10, sitk.sitkUInt8), "cnn")
     refuse("cnn: is empty", fit_mask, node_id)

@@ -115,23 +115,6 @@ def test_organ_differing_from_the_segment_name_warns(scene, oblique_mask, tiny_m
     assert out["segment_name"] == "liver"
 
 
-def test_cnn_mask_is_refined(scene, oblique_mask, tiny_model, settings):
-    # A partial mask: the top third is cut off by the image border.
-    array = sitk.GetArrayFromImage(oblique_mask)[: 2 * oblique_mask.GetSize()[2] // 3]
-    partial = sitk.GetImageFromArray(array)
-    partial.SetSpacing(oblique_mask.GetSpacing())
-    partial.SetDirection(oblique_mask.GetDirection())
-    partial.SetOrigin(oblique_mask.GetOrigin())
-    node_id = bridge.add_labelmap_node(scene, partial, "cnn liver")
-    points = bridge.read_mask_annotation(scene, node_id).points
-    # No points on the cut: all lie within the grid's k range.
-    k = ((points - partial.GetOrigin()) @ np.array(partial.GetDirection()).reshape(3, 3) / partial.GetSpacing())[:, 2]
-    assert k.max() <= partial.GetSize()[2] - 1 + bridge.BORDER_VOXELS
-    out = bridge.fit_annotation_in_scene(scene, bridge.read_mask_annotation(scene, node_id), tiny_model, settings)
-    assert scene.GetNodeByID(out["model_node_id"]).GetPolyData().GetNumberOfPoints() > 0
-    assert out["report"]["warnings"] == []
-
-
 def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thread):
     """A labelmap node with a leak -> refined liver model + segment; the leak is mostly dropped."""
     from shapeprior.bench.refine import failure_mask

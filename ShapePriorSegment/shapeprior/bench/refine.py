@@ -53,7 +53,8 @@ def failure_mask(truth: sitk.Image, failure: str, seed: int) -> sitk.Image:
     mm = kji * spacing
     if failure == "thick slices":
         # Slices 0, 4, 8, ... kept; each slice copies the nearest kept one (ties go up).
-        index = ((np.arange(array.shape[0]) + THICK_EVERY // 2) // THICK_EVERY * THICK_EVERY).clip(0, array.shape[0] - 1)
+        kept = (np.arange(array.shape[0]) + THICK_EVERY // 2) // THICK_EVERY * THICK_EVERY
+        index = kept.clip(0, array.shape[0] - 1)
         return _like(array[index], truth)
     grid_mm = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(array.shape, spacing)], indexing="ij"), -1)
     if failure == "leak":

@@ -55,6 +55,7 @@ class FitSettings:
     lambda_reg: float = 0.01
     lambda_dir: float = 1.0
     lambda_normal: float = 0.02
+    lambda_latent: float = 0.0  # weight of ||z - mean||^2 on the global latent (0: the latent is free)
     laplacian_power: int = 2
     vertex_modes: int = 16
     vertex_pose: bool = False  # the pose is settled by the global stage; moving it later drifts
@@ -240,7 +241,8 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop) 
                 progress((done + step + 1) / total, stage)
 
     z = torch.nn.Parameter(latent_mean.clone())
-    run("global latent", z, settings.global_steps, lambda: torch.zeros(()), 0, settings.lr, lambda: z, True)
+    run("global latent", z, settings.global_steps, lambda: settings.lambda_latent * (z - latent_mean).pow(2).sum(), 0,
+        settings.lr, lambda: z, True)
     laplacian = uniform_laplacian(faces, len(template))
     modes = laplacian_modes(settings.level, settings.vertex_modes)
     coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]))

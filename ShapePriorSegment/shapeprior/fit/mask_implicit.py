@@ -31,20 +31,17 @@ from .mask_dals import annealed_scale, cauchy
 class ImplicitMaskSettings:
     pose_steps: int = 40
     shape_steps: int = 80
-    latent_steps: int = 0  # then the full latent, beyond the PCA space, with a Gaussian prior
     points: int = 1500  # SDF samples per step
     band_mm: float = 6.0  # residuals are clamped here (DeepSDF's delta): only the boundary's neighbourhood counts
     robust_mm: float = 2.0  # Cauchy scale: residuals well beyond it are treated as outliers
     lambda_shape: float = 0.02  # weight of ||loadings||^2 (the PCA prior)
-    lambda_latent: float = 0.02  # weight of the latent's departure from the PCA space, in latent std units
     lambda_scale: float = 1.0  # keeps the anisotropic scale near isotropic
     lr: float = 0.03
     seed: int = 0
 
 
 class _Pose(torch.nn.Module):
-    def __init__(self, translation: np.ndarray, scale: float, rotation: np.ndarray, components: int,
-                 latent_dim: int):
+    def __init__(self, translation: np.ndarray, scale: float, rotation: np.ndarray, components: int):
         super().__init__()
         self.t0 = torch.tensor(translation, dtype=torch.float32)
         self.s0 = float(scale)
@@ -52,7 +49,6 @@ class _Pose(torch.nn.Module):
         self.log_scale = torch.nn.Parameter(torch.zeros(3))
         self.rot6d = torch.nn.Parameter(matrix_to_rotation_6d(torch.tensor(rotation, dtype=torch.float32)))
         self.loadings = torch.nn.Parameter(torch.zeros(components))
-        self.off_space = torch.nn.Parameter(torch.zeros(latent_dim))
 
     def state(self) -> PoseState:
         return PoseState(
@@ -104,32 +100,28 @@ def fit_mask_implicit(
     kji = np.argwhere(binary).mean(0)
     centroid = index_to_physical(prepared.mask) @ np.append(kji[::-1], 1.0)
     scale = (prepared.volume_ml * 1000.0 / volume_unit) ** (1 / 3)
-    pose = _Pose(centroid[:3] - mean_rotation @ (scale * centre_unit), scale, mean_rotation, *space.basis.shape)
-    latent_std = float(space.basis.pow(2).sum(0).mean().sqrt())
+    pose = _Pose(centroid[:3] - mean_rotation @ (scale * centre_unit), scale, mean_rotation, space.basis.shape[0])
     sampler = DistanceSampler(prepared.sdf_mm, prepared.mask)
     sample_points = _PointSampler(prepared, settings.band_mm, settings.seed)
-    total = settings.pose_steps + settings.shape_steps + settings.latent_steps
-    shape_end = settings.pose_steps + settings.shape_steps
+    total = settings.pose_steps + settings.shape_steps
     history = []
     delta, c = settings.band_mm, settings.robust_mm
 
     for step in range(total):
         if should_stop is not None and should_stop():
             raise FitCancelled("fit cancelled")
-        if step in (0, settings.pose_steps, shape_end):
-            params = [pose.shift, pose.log_scale, pose.rot6d]
-            params += [pose.loadings] if step == settings.pose_steps else [pose.off_space] if step else []
+        if step in (0, settings.pose_steps):
+            params = [pose.shift, pose.log_scale, pose.rot6d] + ([pose.loadings] if step else [])
             optimiser = torch.optim.Adam(params, lr=settings.lr)
-        stage = "pose" if step < settings.pose_steps else "pose + shape" if step < shape_end else "latent"
+        stage = "pose" if step < settings.pose_steps else "pose + shape"
         points = sample_points(settings.points)
         target, valid = sampler(points)
         state = pose.state()
         unit = state.to_unit(points[None])[0]
-        predicted = decoder(unit, space.latent(pose.loadings) + pose.off_space) * state.mm_per_unit()[0]
+        predicted = decoder(unit, space.latent(pose.loadings)) * state.mm_per_unit()[0]
         residual = (predicted.clamp(-delta, delta) - target.clamp(-delta, delta))[valid]
         data = cauchy(residual, annealed_scale(c, step, settings.pose_steps))
         loss = data + settings.lambda_shape * (pose.loadings**2).sum() \
-            + settings.lambda_latent * (pose.off_space / latent_std).pow(2).sum() \
             + settings.lambda_scale * (pose.log_scale - pose.log_scale.mean()).pow(2).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,7 +130,7 @@ def fit_mask_implicit(
         if progress is not None:
             progress((step + 1) / total, stage)
     with torch.no_grad():
-        latent = space.latent(pose.loadings) + pose.off_space
+        latent = space.latent(pose.loadings)
     return pose.state().detach(), latent, history
 
 

@@ -34,16 +34,13 @@ from ..fit.run import DALSFit, fit_curves, fit_points
 from ..io.labelmaps import painted_slice_contours
 from ..io.markups import RAS_TO_LPS
 from ..io.meshes import polydata_to_trimesh, trimesh_to_polydata
-from ..prep.surface import index_to_physical, mask_to_surface
+from ..prep.surface import index_to_physical
 
 CLOSED_SURFACE = "Closed surface"
 DISTANCE_ARRAY = "DistanceToAnnotation"
 SEGMENT_COLOR = (0.87, 0.55, 0.39)
 # Flips between RAS and LPS for 4x4 homogeneous matrices (its own inverse).
 RAS_LPS_4 = np.diag([*RAS_TO_LPS, 1.0])
-# Surface points of a mask lying more than this many voxels outside its grid are on the
-# cap closing a partial mask at the image border, not on the organ's boundary.
-BORDER_VOXELS = 0.25
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -283,19 +280,6 @@ def read_painted_segment_annotation(scene, segmentation_node_id: str, segment_id
     return Annotation(curves=curves, source=source, label=label)
 
 
-def mask_surface_points(mask: sitk.Image, source: str = "mask") -> np.ndarray:
-    """Points (N, 3) LPS mm on a mask's smoothed surface, without the cut at the image border."""
-    mesh = mask_to_surface(mask, smoothing_mm=1.0, interpolate=True, target_vertices=4000)
-    direction = np.array(mask.GetDirection()).reshape(3, 3)
-    index = (mesh.vertices - np.array(mask.GetOrigin())) @ direction / np.array(mask.GetSpacing())
-    size = np.array(mask.GetSize())
-    inside = np.all((index >= -BORDER_VOXELS) & (index <= size - 1 + BORDER_VOXELS), axis=1)
-    points = np.asarray(mesh.vertices[inside], dtype=np.float64)
-    if len(points) < 10:
-        raise InputError(source, "too small to refine (fewer than 10 surface points)")
-    return points
-
-
 def read_mask_node(scene, node_id: str, segment_id: str | None = None,
                    label: int | None = None) -> tuple[sitk.Image, str, str]:
     """(mask, source, name) of a segment of a segmentation node, or of a labelmap volume node."""
@@ -309,12 +293,6 @@ def read_mask_node(scene, node_id: str, segment_id: str | None = None,
     return mask, name, name
 
 
-def read_mask_annotation(scene, node_id: str, segment_id: str | None = None, label: int | None = None) -> Annotation:
-    """A (CNN) mask to refine: a segment of a segmentation node, or a labelmap volume node."""
-    mask, source, name = read_mask_node(scene, node_id, segment_id, label)
-    return Annotation(points=mask_surface_points(mask, source), source=source, label=name)
-
-
 def refine_mask_in_scene(
     scene, node_id: str, model: str | os.PathLike, segment_id: str | None = None, label: int | None = None,
     progress: Progress | None = None, should_stop: ShouldStop | None = None, **outputs,
@@ -323,10 +301,17 @@ def refine_mask_in_scene(
     the model node is coloured by distance to the mask boundary. Node ids and ``report`` as in
     :func:`add_surface_to_scene` (``outputs`` likewise)."""
     from ..fit.refine_mask import refine_mask
-    from ..prep.mask_distance import boundary_points
 
     mask, source, _ = read_mask_node(scene, node_id, segment_id, label)
     refined = refine_mask(mask, model, source, progress=progress, should_stop=should_stop)
+    return add_refinement_to_scene(scene, refined, **outputs)
+
+
+def add_refinement_to_scene(scene, refined, **outputs) -> dict:
+    """Write a :class:`~shapeprior.fit.refine_mask.MaskRefinement` to the scene: the model node is
+    coloured by distance to the mask boundary. Node ids and ``report`` as in :func:`add_surface_to_scene`."""
+    from ..prep.mask_distance import boundary_points
+
     written = add_surface_to_scene(scene, refined.mesh, refined.report["organ"], boundary_points(refined.prepared),
                                    **outputs)
     report = {**refined.report, "warnings": refined.warnings + written.pop("warnings")}
@@ -408,6 +393,17 @@ class FitJob(BackgroundJob):
     def __init__(self, annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings()):
         self.annotation = annotation
         super().__init__(lambda progress, stop: run_fit(annotation, model, settings, progress, stop))
+
+
+class MaskRefineJob(BackgroundJob):
+    """:func:`~shapeprior.fit.refine_mask.refine_mask` of a mask read beforehand (main thread) in a
+    worker thread; :func:`add_refinement_to_scene` writes the result (main thread again)."""
+
+    def __init__(self, mask: sitk.Image, source: str, model: str | os.PathLike = "liver"):
+        from ..fit.refine_mask import refine_mask
+
+        self.source = source
+        super().__init__(lambda progress, stop: refine_mask(mask, model, source, progress=progress, should_stop=stop))
 
 
 class ImageFitJob(BackgroundJob):

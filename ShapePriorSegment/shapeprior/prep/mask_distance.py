@@ -19,7 +19,6 @@ from scipy import ndimage
 from ..errors import InputError
 from .surface import index_to_physical
 
-
 # Nearest-neighbour upsampling from thick slices shows as runs of identical slices; it is taken for
 # that when at least this many runs inside the mask share one length of 2 or more.
 MIN_REPEATED_RUNS = 3
