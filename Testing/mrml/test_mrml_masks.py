@@ -128,3 +128,21 @@ def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thre
     assert out["report"]["route"] == "dals" and out["report"]["removed_ml"] > 0
     segmentation = scene.GetNodeByID(out["segmentation_node_id"]).GetSegmentation()
     assert segmentation.GetSegment(out["segment_id"]).GetName() == "liver"
+
+
+def test_refine_mask_scene_bundle_holds_the_image_model_and_segment(helpers, tmp_path, one_torch_thread):
+    from shapeprior.bench.refine import failure_mask
+    from shapeprior.cli import main
+    from shapeprior.mrml.scene import nodes_by_class, read_scene_bundle
+
+    truth = helpers.ellipsoid_image((90.0, 75.0, 60.0), spacing=(3.0, 3.0, 3.0))
+    sitk.WriteImage(failure_mask(truth, "hole", 0), str(tmp_path / "mask.nii.gz"))
+    image = sitk.Cast(truth, sitk.sitkFloat32) * 100.0
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    assert main(["-q", "refine-mask", str(tmp_path / "mask.nii.gz"), "--model", "liver", "--image",
+                 str(tmp_path / "ct.nii.gz"), "--out-scene", str(tmp_path / "r.mrb")]) == 0
+    scene = read_scene_bundle(tmp_path / "r.mrb")
+    assert len(nodes_by_class(scene, "vtkMRMLScalarVolumeNode")) == 1
+    (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
+    assert model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY) is not None
+    assert len(nodes_by_class(scene, "vtkMRMLSegmentationNode")) == 1

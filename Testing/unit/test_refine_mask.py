@@ -208,3 +208,10 @@ def test_thick_slices_are_detected_and_interpolated(helpers):
     interpolated = sitk.GetImageFromArray((prepared.sdf_mm < 0).astype(np.uint8))
     interpolated.CopyInformation(truth)
     assert mask_metrics(interpolated, truth)["dice"] > mask_metrics(thick, truth)["dice"] + 0.01
+
+
+def test_a_mask_far_from_the_model_size_warns_and_is_still_fitted(helpers, one_torch_thread):
+    big = helpers.ellipsoid_image((45.0, 30.0, 25.0), spacing=(2.0, 2.0, 2.0))  # a hippocampus is ~ 40 x 20 x 15 mm
+    refined = refine_mask(big, "hippocampus", "big.nii.gz")
+    assert any("typical hippocampus size" in w for w in refined.warnings)
+    assert refined.report["warnings"] == refined.warnings and len(refined.mesh.faces) > 0
