@@ -552,6 +552,9 @@ def _run_refine_mask(args: argparse.Namespace) -> int:
           f"{r['dice_with_mask']:.3f}, {r['added_ml']:.1f} ml added, {r['removed_ml']:.1f} ml removed; "
           f"{100 * (r['distance_to_mask_boundary_mm']['disagreeing_fraction'] or 0):.0f}% of the surface is "
           f"over {r['distance_to_mask_boundary_mm']['disagreeing_threshold_mm']:.1f} mm from the mask boundary")
+    for region in r["distance_to_mask_boundary_mm"]["regions"][:3]:
+        print(f"  {region['area_mm2']:.0f} mm2 around LPS {region['centre_lps_mm']} mm, "
+              f"{region['mean_distance_mm']:+.1f} mm: {region['reading']}")
     return 0
 
 

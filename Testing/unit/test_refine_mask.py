@@ -145,6 +145,8 @@ def test_implicit_route_removes_a_leak(hippocampus_truth, one_torch_thread):
     assert refined.report["route"] == "dissm" and refined.report["removed_ml"] > 0
     assert len(refined.distances) == len(refined.mesh.vertices)
     assert refined.report["distance_to_mask_boundary_mm"]["max_abs"] > 2.0  # the leak's rim is reported
+    (region, *_) = refined.report["distance_to_mask_boundary_mm"]["regions"]
+    assert region["mean_distance_mm"] < 0 and "leaks" in region["reading"] and region["area_mm2"] > 5
 
 
 def test_dals_route_completes_a_partial_liver_at_the_border(one_torch_thread):

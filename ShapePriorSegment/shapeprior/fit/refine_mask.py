@@ -138,6 +138,29 @@ def refine_mask(
     return MaskRefinement(refined, prior, segmentation, distances, prepared, report, warnings)
 
 
+def disagreement_regions(mesh: trimesh.Trimesh, distances: np.ndarray, threshold_mm: float,
+                         limit: int = 10) -> list[dict]:
+    """Connected surface patches (LPS mm) farther than ``threshold_mm`` from the mask boundary, largest first.
+
+    A positive mean distance means the surface lies outside the mask there (the mask may miss a
+    part), a negative one that the mask reaches beyond the surface (a leak, or a staircase).
+    """
+    far = np.abs(np.nan_to_num(distances)) > threshold_mm
+    edges = mesh.edges_unique[far[mesh.edges_unique].all(1)]
+    patches = trimesh.graph.connected_components(edges, nodes=np.flatnonzero(far), min_len=1)
+    areas = np.zeros(len(mesh.vertices))
+    np.add.at(areas, mesh.faces.ravel(), np.repeat(mesh.area_faces / 3.0, 3))  # one third of each face per corner
+    regions = []
+    for patch in patches:
+        mean = float(distances[patch].mean())
+        regions.append({
+            "centre_lps_mm": mesh.vertices[patch].mean(0).round(1).tolist(), "area_mm2": float(areas[patch].sum()),
+            "mean_distance_mm": mean, "max_abs_distance_mm": float(np.abs(distances[patch]).max()),
+            "reading": "the mask misses a part here?" if mean > 0 else "the mask leaks beyond the shape here?",
+        })
+    return sorted(regions, key=lambda r: -r["area_mm2"])[:limit]
+
+
 def _report(bundle, prepared, mesh, segmentation, distances, voxel, pose, source, warnings) -> dict:
     inside = sitk.GetArrayViewFromImage(prepared.mask) > 0
     refined = sitk.GetArrayViewFromImage(segmentation) > 0
@@ -158,6 +181,7 @@ def _report(bundle, prepared, mesh, segmentation, distances, voxel, pose, source
             "vertices_outside_image": int((~np.isfinite(distances)).sum()),
             "disagreeing_fraction": float(far.mean()) if len(known) else None,
             "disagreeing_threshold_mm": DISAGREE_VOXELS * voxel,
+            "regions": disagreement_regions(mesh, distances, DISAGREE_VOXELS * voxel),
         },
         "mesh": {"vertices": len(mesh.vertices), "quality": mesh_quality(mesh), "volume_ml": float(mesh.volume) / 1000},
     }
