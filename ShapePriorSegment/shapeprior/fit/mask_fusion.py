@@ -17,13 +17,14 @@ import trimesh
 from scipy import ndimage
 
 from ..io.labelmaps import mesh_to_labelmap
-from ..prep.crops import grid_points
 from ..prep.mask_distance import PreparedMask, signed_distance_map
+from ..prep.surface import index_to_physical
 from .image_fit import level_set_mesh
 
 # Within this many voxels of the prior surface its distance is computed exactly (point to
 # triangle); farther out the voxelised distance map is close enough (only its sign matters there).
 EXACT_BAND_VOXELS = 3.0
+CHUNK = 200_000  # points per libigl distance query
 
 
 def extended_grid(reference: sitk.Image, mesh: trimesh.Trimesh, margin: int = 2) -> tuple[sitk.Image, np.ndarray]:
@@ -43,12 +44,16 @@ def extended_grid(reference: sitk.Image, mesh: trimesh.Trimesh, margin: int = 2)
 
 def mesh_signed_distance(mesh: trimesh.Trimesh, grid: sitk.Image) -> np.ndarray:
     """(K, J, I) signed distance (mm, negative inside) of a closed surface (LPS mm) at ``grid``'s voxels."""
-    inside = sitk.GetArrayViewFromImage(mesh_to_labelmap(mesh, grid)) > 0
+    inside = sitk.GetArrayFromImage(mesh_to_labelmap(mesh, grid)) > 0  # a copy: a view of a temporary dangles
     sdf = signed_distance_map(inside, tuple(grid.GetSpacing()[::-1]), pad_edges=False)
     near = np.abs(sdf) < EXACT_BAND_VOXELS * max(grid.GetSpacing())
-    points = grid_points(grid)[near]
-    squared, _, _ = igl.point_mesh_squared_distance(points, np.asarray(mesh.vertices, dtype=np.float64),
-                                                    np.asarray(mesh.faces, dtype=np.int64))
+    kji = np.argwhere(near)
+    ijk1 = np.concatenate([kji[:, ::-1], np.ones((len(kji), 1))], 1)
+    points = (ijk1 @ index_to_physical(grid).T)[:, :3]
+    verts, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+    # In chunks: libigl crashed on a band of a few million voxels (a 512 x 512 CT grid).
+    squared = np.concatenate([igl.point_mesh_squared_distance(np.ascontiguousarray(chunk), verts, faces)[0]
+                              for chunk in np.array_split(points, max(1, len(points) // CHUNK + 1))])
     sdf[near] = np.where(inside[near], -1.0, 1.0) * np.sqrt(squared)
     return sdf
 

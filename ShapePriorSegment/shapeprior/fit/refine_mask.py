@@ -42,8 +42,24 @@ DISAGREE_VOXELS = 2.0
 # Chosen among 0.5/1/(0.7 Gaussian) voxels on 8 held-out hippocampi and 2/3/5/8 voxels on 3 held-out
 # livers, all of them also in `benchmark refine`'s sets.
 TRUST_VOXELS = {"dals": 5.0, "dissm": 1.0, "sdf": 1.0}
+# The mask is cropped to its bounding box grown by this plus twice the fusion tau: beyond that
+# the fusion keeps the prior whatever the mask says.
+CROP_MARGIN_MM = 10.0
 # Name of the per-vertex signed distance to the mask boundary on output models.
 DISTANCE_ARRAY = "DistanceToMaskBoundary_mm"
+
+
+def crop_to_mask(mask: sitk.Image, margin_mm: float, source: str) -> sitk.Image:
+    """The mask's bounding box grown by ``margin_mm``, within the image (the same voxels and
+    physical frame): a CT-sized grid would cost seconds and gigabytes for nothing."""
+    array = sitk.GetArrayViewFromImage(mask)
+    if not array.any():
+        raise InputError(source, "empty mask (no voxels of the chosen label)")
+    kji = np.argwhere(array)
+    margin = np.ceil(margin_mm / np.array(mask.GetSpacing()[::-1])).astype(int)
+    lo = np.maximum(kji.min(0) - margin, 0)
+    hi = np.minimum(kji.max(0) + margin + 1, array.shape)
+    return sitk.RegionOfInterest(mask, [int(v) for v in (hi - lo)[::-1]], [int(v) for v in lo[::-1]])
 
 
 @dataclass
@@ -111,6 +127,11 @@ def refine_mask(
     bundle = load_bundle(model)
     if bundle.kind not in MESH_KINDS + IMPLICIT_KINDS:
         raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf or dissm model)")
+    voxel = float(min(mask.GetSpacing()))
+    trust = TRUST_VOXELS[bundle.kind] if settings.trust_voxels is None else settings.trust_voxels
+    full = mask
+    mask = crop_to_mask(full, CROP_MARGIN_MM + 2 * trust * voxel, source)
+    offset = [int(round(v)) for v in full.TransformPhysicalPointToContinuousIndex(mask.GetOrigin())]
     prepared = prepare_mask(mask, source, all_parts)
 
     def fit_progress(fraction: float, stage: str) -> None:
@@ -120,8 +141,6 @@ def refine_mask(
     prior, scale, pose = _fit_prior(bundle, prepared, settings, fit_progress, should_stop)
     if prior.volume < 0:
         prior.invert()
-    voxel = float(min(mask.GetSpacing()))
-    trust = TRUST_VOXELS[bundle.kind] if settings.trust_voxels is None else settings.trust_voxels
     if progress is not None:
         progress(0.92, "fusion with the mask")
     refined, segmentation = fuse_with_mask(prior, prepared, trust * voxel, settings.smoothing_voxels)
@@ -132,6 +151,9 @@ def refine_mask(
     distances = np.where(valid.numpy(), d.double().numpy(), np.nan)
     warnings = list(prepared.warnings) + [w for w in [_size_warning(bundle, scale, source)] if w]
     report = _report(bundle, prepared, refined, segmentation, distances, voxel, pose, source, warnings)
+    segmentation = sitk.Paste(sitk.Image(full.GetSize(), sitk.sitkUInt8), segmentation, segmentation.GetSize(),
+                              [0, 0, 0], offset)
+    segmentation.CopyInformation(full)
     report["seconds"] = time.perf_counter() - began
     if progress is not None:
         progress(1.0, "done")
