@@ -487,7 +487,7 @@ def _add_refine_mask(sub: argparse._SubParsersAction) -> None:
         "refine-mask",
         help="CNN mask -> smooth, plausible surface and segmentation with a shape prior",
         description="Fit a shape model robustly to a mask (largest part; leaks, holes and cut-off parts barely "
-        "pull), then snap it to the mask where both agree. A DALS model fits a mesh to the mask boundary's "
+        "pull), then fuse it with the mask: the mask where both agree, the prior where they do not. A DALS model fits a mesh to the mask boundary's "
         "distance map; an implicit (sdf/dissm) model fits pose and PCA loadings to its signed distance map.",
     )
     p.add_argument("input", help="label image (.nii.gz, .nrrd, .seg.nrrd, .mha)")

@@ -38,8 +38,8 @@ def _oriented(array: np.ndarray, image: sitk.Image) -> np.ndarray:
 
 def overlay_png(image: sitk.Image, masks: list[sitk.Image], path: str | os.PathLike, window: tuple[float, float],
                 axial: list[int], coronal: int, pixel_mm: float = 1.0) -> None:
-    """Axial slices ``axial`` (k indices, inferior to superior) and one coronal slice (``coronal``:
-    rows from anterior) side by side, masks outlined, in radiological orientation.
+    """Axial slices ``axial`` and one coronal slice ``coronal`` (indices along the image's own k and j
+    axes) side by side, masks outlined, in radiological orientation.
 
     Every mask must share ``image``'s grid; pixels are resampled to about ``pixel_mm`` mm.
     """
@@ -48,6 +48,11 @@ def overlay_png(image: sitk.Image, masks: list[sitk.Image], path: str | os.PathL
     sx, sy, sz = image.GetSpacing()
     zoom_axial = (max(1, round(sy / pixel_mm)), max(1, round(sx / pixel_mm)))
     zoom_coronal = (max(1, round(sz / pixel_mm)), max(1, round(sx / pixel_mm)))
+    # The slice indices follow the image's axes; _oriented may have flipped them.
+    signs = np.sign(np.diag(np.array(image.GetDirection()).reshape(3, 3)))
+    depth, rows = array.shape[:2]
+    axial = [k if signs[2] > 0 else depth - 1 - k for k in axial]
+    coronal = coronal if signs[1] > 0 else rows - 1 - coronal
     panels = [_panel(array[k], [b[k] for b in binary], zoom_axial) for k in axial]
     panels.append(_panel(array[::-1, coronal], [b[::-1, coronal] for b in binary], zoom_coronal))
     height = max(p.shape[0] for p in panels)

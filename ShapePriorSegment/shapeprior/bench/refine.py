@@ -44,7 +44,7 @@ def failure_mask(truth: sitk.Image, failure: str, seed: int) -> sitk.Image:
     - thick slices: every 4th slice along k kept, each repeated over its neighbours (nearest upsampling);
     - leak: a ball of radius 0.2 x the organ's extent attached outside at a random boundary voxel;
     - hole: a ball of radius 0.15 x the organ's extent removed around the deepest voxel (it may open to the surface);
-    - cut-off: the 20% of the voxels farthest along a random axis direction removed.
+    - cut-off: the 20% of the voxels farthest along a random direction removed.
     """
     array = sitk.GetArrayFromImage(truth) > 0
     g = np.random.default_rng(seed)
@@ -166,15 +166,13 @@ def _crop_offset(crop: sitk.Image, full: sitk.Image) -> int:
 
 def ct_example(folder: str | Path, figure: str | Path | None, model: str = "liver", label: int = 5) -> dict:
     """Refine the example CT's CNN liver mask; optionally draw mask (red), refined (green) and the
-    prior fit before the snap (blue) over the full scan's slices."""
+    prior fit before the fusion (blue) over the full scan's slices."""
     folder = Path(folder)
     full = read_image(folder / "example_ct.nii.gz")
     crop = read_image(folder / "example_ct_sm.nii.gz")
     mask = read_mask(folder / "example_seg.nii.gz", [label])
     offset = _crop_offset(crop, full)
-    direction = np.array(full.GetDirection()).reshape(3, 3)
-    origin = np.array(full.GetOrigin()) + direction @ (np.array([0, 0, offset]) * np.array(full.GetSpacing()))
-    mask.SetOrigin(origin.tolist())
+    mask.SetOrigin(full.TransformIndexToPhysicalPoint((0, 0, offset)))
     refined = refine_mask(mask, model, folder / "example_seg.nii.gz")
     if figure is not None:
         from .overlay import overlay_png

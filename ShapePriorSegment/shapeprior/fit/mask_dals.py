@@ -5,7 +5,8 @@ sampled trilinearly at surface samples, with precomputed Sobel gradients for the
 backward pass (``prep.mask_distance.DistanceSampler``). A second, lighter term pulls
 the surface towards boundary points so it cannot settle on part of the boundary.
 Both use a Cauchy loss, so boundary the shape cannot reach (a leak, the rim of a hole)
-barely pulls. Samples outside the image carry no data: a partial organ is completed by the prior.
+barely pulls. Samples outside the (cropped) mask image carry no data: a partial organ is completed
+by the prior.
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ import SimpleITK as sitk
 import trimesh
 from scipy import ndimage
 
-from ..io.labelmaps import mesh_to_labelmap
+from ..io.labelmaps import index_to_lps, mesh_to_labelmap
 from ..prep.mask_distance import PreparedMask, signed_distance_map
-from ..prep.surface import index_to_physical
 from .image_fit import level_set_mesh
 
 # Within this many voxels of the prior surface its distance is computed exactly (point to
@@ -47,9 +46,7 @@ def mesh_signed_distance(mesh: trimesh.Trimesh, grid: sitk.Image) -> np.ndarray:
     inside = sitk.GetArrayFromImage(mesh_to_labelmap(mesh, grid)) > 0  # a copy: a view of a temporary dangles
     sdf = signed_distance_map(inside, tuple(grid.GetSpacing()[::-1]), pad_edges=False)
     near = np.abs(sdf) < EXACT_BAND_VOXELS * max(grid.GetSpacing())
-    kji = np.argwhere(near)
-    ijk1 = np.concatenate([kji[:, ::-1], np.ones((len(kji), 1))], 1)
-    points = (ijk1 @ index_to_physical(grid).T)[:, :3]
+    points = index_to_lps(grid, np.argwhere(near)[:, ::-1].astype(np.float64))
     verts, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     # In chunks: libigl crashed on a band of a few million voxels (a 512 x 512 CT grid).
     squared = np.concatenate([igl.point_mesh_squared_distance(np.ascontiguousarray(chunk), verts, faces)[0]

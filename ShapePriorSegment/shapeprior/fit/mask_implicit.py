@@ -19,10 +19,10 @@ import torch
 import trimesh
 
 from ..geometry import matrix_to_rotation_6d, rotation_6d_to_matrix
+from ..io.labelmaps import index_to_lps
 from ..models.pose_agent import PoseState
 from ..models.sdf import SDFDecoder, ShapeSpace, extract_mesh
 from ..prep.mask_distance import DistanceSampler, PreparedMask
-from ..prep.surface import index_to_physical
 from .dals_fit import FitCancelled
 from .mask_dals import annealed_scale, cauchy
 
@@ -73,7 +73,7 @@ class _PointSampler:
         self.near = np.flatnonzero(np.abs(sdf.ravel()) < band_mm)
         box = np.argwhere(sdf < band_mm)
         self.lo, self.hi = box.min(0), box.max(0) + 1
-        self.to_lps = index_to_physical(prepared.mask)
+        self.reference = prepared.mask
         self.g = np.random.default_rng(seed)
 
     def __call__(self, count: int) -> torch.Tensor:
@@ -82,25 +82,23 @@ class _PointSampler:
             np.stack(np.unravel_index(self.g.choice(self.near, n_near), self.shape), -1),
             self.g.integers(self.lo, self.hi, (count - n_near, 3)),
         ]) + self.g.uniform(-0.5, 0.5, (count, 3))
-        ijk1 = np.concatenate([kji[:, ::-1], np.ones((count, 1))], 1)
-        return torch.tensor((ijk1 @ self.to_lps.T)[:, :3], dtype=torch.float32)
+        return torch.tensor(index_to_lps(self.reference, kji[:, ::-1]), dtype=torch.float32)
 
 
 def fit_mask_implicit(
     decoder: SDFDecoder, space: ShapeSpace, prepared: PreparedMask, mean_rotation: np.ndarray,
     settings: ImplicitMaskSettings = ImplicitMaskSettings(),
     progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-) -> tuple[PoseState, list[dict]]:
+) -> tuple[PoseState, torch.Tensor, list[dict]]:
     """The fitted pose and loadings, the latent (C,) and the loss history."""
     torch.manual_seed(settings.seed)
     for p in decoder.parameters():
         p.requires_grad_(False)
     centre_unit, volume_unit = _mean_shape(decoder, space)
     binary = sitk.GetArrayViewFromImage(prepared.mask) > 0
-    kji = np.argwhere(binary).mean(0)
-    centroid = index_to_physical(prepared.mask) @ np.append(kji[::-1], 1.0)
+    centroid = index_to_lps(prepared.mask, np.argwhere(binary).mean(0)[::-1])
     scale = (prepared.volume_ml * 1000.0 / volume_unit) ** (1 / 3)
-    pose = _Pose(centroid[:3] - mean_rotation @ (scale * centre_unit), scale, mean_rotation, space.basis.shape[0])
+    pose = _Pose(centroid - mean_rotation @ (scale * centre_unit), scale, mean_rotation, space.basis.shape[0])
     sampler = DistanceSampler(prepared.sdf_mm, prepared.mask)
     sample_points = _PointSampler(prepared, settings.band_mm, settings.seed)
     total = settings.pose_steps + settings.shape_steps

@@ -20,11 +20,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import trimesh
+from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..metrics import dice, mesh_quality
 from ..models.bundle import ModelBundle, load_bundle
-from ..prep.mask_distance import DistanceSampler, PreparedMask, prepare_mask
+from ..prep.mask_distance import DistanceSampler, PreparedMask, boundary_points, prepare_mask
 from .dals_fit import FitSettings, fit_dals
 from .image_fit import state_record
 from .mask_dals import MaskTask
@@ -79,7 +80,7 @@ class RefineSettings:
 class MaskRefinement:
     mesh: trimesh.Trimesh  # LPS mm, the refined surface
     prior_mesh: trimesh.Trimesh  # LPS mm, the model's fit before the fusion
-    segmentation: sitk.Image  # uint8 on the mask's grid
+    segmentation: sitk.Image  # uint8 on the input mask's grid
     distances: np.ndarray  # (V,) mm, signed distance of each vertex to the mask boundary; NaN outside the image
     prepared: PreparedMask  # the part of the mask that was fitted
     report: dict
@@ -146,9 +147,7 @@ def refine_mask(
     refined, segmentation = fuse_with_mask(prior, prepared, trust * voxel, settings.smoothing_voxels)
     if len(refined.faces) == 0:
         raise InputError(source, "the refined shape is empty (is this the model's organ?)")
-    with torch.no_grad():
-        d, valid = DistanceSampler(prepared.sdf_mm, mask)(torch.tensor(refined.vertices, dtype=torch.float32))
-    distances = np.where(valid.numpy(), d.double().numpy(), np.nan)
+    distances = _distances_to_mask(refined, prepared, full)
     warnings = list(prepared.warnings) + [w for w in [_size_warning(bundle, scale, source)] if w]
     report = _report(bundle, prepared, refined, segmentation, distances, voxel, pose, source, warnings)
     segmentation = sitk.Paste(sitk.Image(full.GetSize(), sitk.sitkUInt8), segmentation, segmentation.GetSize(),
@@ -158,6 +157,23 @@ def refine_mask(
     if progress is not None:
         progress(1.0, "done")
     return MaskRefinement(refined, prior, segmentation, distances, prepared, report, warnings)
+
+
+def _distances_to_mask(mesh: trimesh.Trimesh, prepared: PreparedMask, full: sitk.Image) -> np.ndarray:
+    """(V,) signed distance (mm, + outside) of each vertex to the mask boundary; NaN outside the image.
+
+    Sampled from the cropped mask's map; vertices beyond the crop but inside ``full`` lie outside
+    the mask (the crop holds all of it), at their distance to the nearest boundary point.
+    """
+    verts = np.asarray(mesh.vertices)
+    distances, valid = DistanceSampler(prepared.sdf_mm, prepared.mask)(torch.tensor(verts, dtype=torch.float32))
+    distances, valid = distances.double().numpy(), valid.numpy()
+    index = (verts - np.array(full.GetOrigin())) @ np.array(full.GetDirection()).reshape(3, 3) / full.GetSpacing()
+    in_image = np.all((index >= 0) & (index <= np.array(full.GetSize()) - 1), axis=1)
+    beyond_crop = in_image & ~valid
+    if beyond_crop.any():
+        distances[beyond_crop] = cKDTree(boundary_points(prepared)).query(verts[beyond_crop])[0]
+    return np.where(in_image, distances, np.nan)
 
 
 def disagreement_regions(mesh: trimesh.Trimesh, distances: np.ndarray, threshold_mm: float,

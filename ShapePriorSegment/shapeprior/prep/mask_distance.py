@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError
+from ..io.labelmaps import index_to_lps
 from .surface import index_to_physical
 
 # Nearest-neighbour upsampling from thick slices shows as runs of identical slices; it is taken for
@@ -150,9 +152,7 @@ def boundary_points(prepared: PreparedMask) -> np.ndarray:
         kji = np.argwhere(a != b).astype(np.float64)
         kji[:, axis] += 0.5
         points.append(kji)
-    kji = np.concatenate(points)
-    ijk1 = np.concatenate([kji[:, ::-1], np.ones((len(kji), 1))], 1)
-    return (ijk1 @ index_to_physical(prepared.mask).T)[:, :3]
+    return index_to_lps(prepared.mask, np.concatenate(points)[:, ::-1])
 
 
 class _SampleWithGradient(torch.autograd.Function):
@@ -180,19 +180,27 @@ def _trilinear(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 
 class DistanceSampler:
-    """Samples a (K, J, I) distance map (mm) at LPS points, differentiably, with a validity mask."""
+    """Samples a (K, J, I) distance map (mm) at LPS points, with a validity mask; differentiable with
+    respect to the points through the map's precomputed Sobel gradients (made on first need)."""
 
     def __init__(self, values_mm: np.ndarray, reference: sitk.Image):
+        self._values_mm = values_mm
+        self._reference = reference
         self.values = torch.tensor(values_mm, dtype=torch.float32)
-        spacing = np.array(reference.GetSpacing())[::-1]
-        grads = np.stack([ndimage.sobel(values_mm, axis=a) / (32 * s) for a, s in enumerate(spacing)])  # d/dk, dj, di
-        to_index = np.linalg.inv(index_to_physical(reference))
         size = np.array(reference.GetSize(), dtype=np.float64)
         # Normalised coords c = ijk * 2 / (size - 1) - 1, so dD/dc = dD/dijk * (size - 1) / 2.
+        to_index = np.linalg.inv(index_to_physical(reference))
         self._lps_to_coords = torch.tensor(np.diag(np.append(2 / (size - 1), 1)) @ to_index, dtype=torch.float32)
         self._lps_to_coords[:3, 3] -= 1
-        grad_ijk = grads[::-1] * np.array(reference.GetSpacing())[:, None, None, None]  # per index step
-        self.gradients = torch.tensor(grad_ijk * ((size - 1) / 2)[:, None, None, None], dtype=torch.float32)
+
+    @cached_property
+    def gradients(self) -> torch.Tensor:
+        """(3, K, J, I) derivatives of the map along the normalised (x=i, y=j, z=k) coordinates."""
+        spacing_kji = np.array(self._reference.GetSpacing())[::-1]
+        grads = np.stack([ndimage.sobel(self._values_mm, axis=a) / (32 * s) for a, s in enumerate(spacing_kji)])
+        grad_ijk = grads[::-1] * np.array(self._reference.GetSpacing())[:, None, None, None]  # per index step
+        size = np.array(self._reference.GetSize(), dtype=np.float64)
+        return torch.tensor(grad_ijk * ((size - 1) / 2)[:, None, None, None], dtype=torch.float32)
 
     def coords(self, points_lps: torch.Tensor) -> torch.Tensor:
         m = self._lps_to_coords.to(points_lps)
@@ -202,4 +210,6 @@ class DistanceSampler:
         """(N, 3) LPS mm -> (values (N,) mm, inside_image (N,) bool)."""
         coords = self.coords(points_lps)
         valid = (coords.abs() <= 1).all(-1)
+        if not (torch.is_grad_enabled() and points_lps.requires_grad):
+            return _trilinear(self.values, coords), valid
         return _SampleWithGradient.apply(coords, self.values, self.gradients), valid
