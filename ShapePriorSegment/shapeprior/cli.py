@@ -269,6 +269,10 @@ def _add_fit_tuning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vertex-steps", type=int, default=d.vertex_steps, help="steps of the per-vertex-latent stage")
     p.add_argument("--lambda-dir", type=float, default=d.lambda_dir, help="smoothness weight of per-vertex latents")
     p.add_argument("--lambda-reg", type=float, default=d.lambda_reg, help="triangle-quality weight")
+    p.add_argument("--lambda-latent", type=float, default=d.lambda_latent,
+                   help="pull of the global latent towards the mean shape")
+    p.add_argument("--blend-mm", type=float, default=d.contour_blend_mm,
+                   help="contours: width of the blend onto the curves' interpolant near the planes (0: off)")
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -287,7 +291,8 @@ def _fit_settings(args: argparse.Namespace):
 
     return FitSettings(
         level=args.level, global_steps=args.global_steps, vertex_steps=args.vertex_steps,
-        lambda_dir=args.lambda_dir, lambda_reg=args.lambda_reg, seed=args.seed,
+        lambda_dir=args.lambda_dir, lambda_reg=args.lambda_reg, lambda_latent=args.lambda_latent,
+        contour_blend_mm=args.blend_mm, seed=args.seed,
     )
 
 
@@ -543,10 +548,9 @@ def _run_refine_mask(args: argparse.Namespace) -> int:
         write_json(refined.report, args.report)
     if args.out_scene:
         from .mrml.scene import write_scene_bundle
-        from .prep.mask_distance import boundary_points
 
         write_scene_bundle(args.out_scene, [], refined.mesh, refined.report["organ"], volume_path=args.image,
-                           report=refined.report, annotation_points=boundary_points(refined.prepared))
+                           report=refined.report, distances=refined.distances, distance_name=DISTANCE_ARRAY)
     r = refined.report
     print(f"refined {r['organ']} mask {args.input} in {r['seconds']:.1f} s: Dice with the mask "
           f"{r['dice_with_mask']:.3f}, {r['added_ml']:.1f} ml added, {r['removed_ml']:.1f} ml removed; "

@@ -10,7 +10,9 @@ pytest.importorskip("slicer_core", reason="needs the slicer-core wheel (real MRM
 import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
+from vtk.util import numpy_support  # noqa: E402
 
+from shapeprior.fit.refine_mask import DISTANCE_ARRAY as MASK_DISTANCE_ARRAY  # noqa: E402
 from shapeprior.fit.run import fit_curves  # noqa: E402
 from shapeprior.io.labelmaps import painted_slice_contours  # noqa: E402
 from shapeprior.mrml import bridge  # noqa: E402
@@ -124,7 +126,13 @@ def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thre
     node_id = bridge.add_labelmap_node(scene, leaky, "cnn liver")
     out = bridge.refine_mask_in_scene(scene, node_id, "liver")
     model = scene.GetNodeByID(out["model_node_id"])
-    assert model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY) is not None
+    # Coloured by the report's signed distances to the mask boundary, on a range symmetric about 0.
+    signed = numpy_support.vtk_to_numpy(model.GetPolyData().GetPointData().GetArray(MASK_DISTANCE_ARRAY))
+    assert signed.min() < 0 < signed.max()
+    display = model.GetDisplayNode()
+    assert display.GetActiveScalarName() == MASK_DISTANCE_ARRAY
+    low, high = display.GetScalarRange()
+    assert low == -high and high >= 5.0
     assert out["report"]["route"] == "dals" and out["report"]["removed_ml"] > 0
     segmentation = scene.GetNodeByID(out["segmentation_node_id"]).GetSegmentation()
     assert segmentation.GetSegment(out["segment_id"]).GetName() == "liver"
@@ -144,5 +152,5 @@ def test_refine_mask_scene_bundle_holds_the_image_model_and_segment(helpers, tmp
     scene = read_scene_bundle(tmp_path / "r.mrb")
     assert len(nodes_by_class(scene, "vtkMRMLScalarVolumeNode")) == 1
     (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
-    assert model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY) is not None
+    assert model.GetPolyData().GetPointData().GetArray(MASK_DISTANCE_ARRAY) is not None
     assert len(nodes_by_class(scene, "vtkMRMLSegmentationNode")) == 1

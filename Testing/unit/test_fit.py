@@ -7,6 +7,7 @@ shape is close to the unit sphere, 80-130 mm per unit); the shipped models are n
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import pickle
 import shutil
 from pathlib import Path
@@ -19,8 +20,9 @@ import torch
 import trimesh
 
 from shapeprior.bench.baselines import convex_hull, fill_between_slices, rbf_surface
-from shapeprior.bench.contours import cut_curves, run_benchmark, summarise
+from shapeprior.bench.contours import MAIN_METHOD, cut_curves, run_benchmark, summarise
 from shapeprior.errors import InputError
+from shapeprior.fit.contour_interpolation import blend_with_contours, contour_interpolant, in_plane_normals
 from shapeprior.fit.contours import Plane, group_planes, resample_closed_curve
 from shapeprior.fit.dals_fit import (
     ContourTask,
@@ -518,10 +520,14 @@ def test_fit_is_reproducible_and_matches_fit_dals(tiny, tiny_model, target):
     decoder, mean = tiny
     direct = fit_dals(decoder, mean, lambda u: ContourTask(planes, settings.samples, u), settings)
     again = fit_curves(curves, tiny_model, settings).result
-    np.testing.assert_allclose(again.mesh.vertices, direct.mesh.vertices, atol=1e-4)
+    blended = blend_with_contours(direct.mesh, planes, settings.contour_blend_mm)
+    np.testing.assert_allclose(again.mesh.vertices, blended.vertices, atol=1e-4)
     np.testing.assert_allclose(again.pose.matrix(), direct.pose.matrix(), atol=1e-6)
     rows = contour_residuals(direct.mesh, planes)
     assert len(rows) == 3 and all(np.isfinite(r["mean_mm"]) and r["mean_mm"] <= r["max_mm"] for r in rows)
+    # Without the blend, fit_curves is fit_dals.
+    unblended = fit_curves(curves, tiny_model, replace(settings, contour_blend_mm=0.0)).result
+    np.testing.assert_allclose(unblended.mesh.vertices, direct.mesh.vertices, atol=1e-4)
 
 
 def test_point_fit_recovers_the_pose(tiny_model, target):
@@ -827,6 +833,38 @@ def test_rbf_surface_is_close_to_the_ellipsoid(ellipsoid):
     assert surface.volume == pytest.approx(ellipsoid.volume, rel=0.15)
 
 
+def test_in_plane_normals_point_out_of_the_curve_either_way_round():
+    curve = ellipse((0, 0, 5), [1, 0, 0], [0, 1, 0], 30.0, 20.0)
+    for c in (curve, curve[::-1]):
+        normals = in_plane_normals(c, np.array([0.0, 0.0, 1.0]))
+        assert np.allclose(normals[:, 2], 0) and np.allclose(np.linalg.norm(normals, axis=1), 1)
+        assert ((normals * (c - [0, 0, 5])).sum(1) > 0).all()
+
+
+def test_contour_interpolant_is_zero_on_the_curves_and_signed(ellipsoid):
+    planes = group_planes(cut_curves(ellipsoid, 3))
+    f = contour_interpolant(planes)
+    points = np.concatenate([p.points for p in planes])
+    assert np.abs(f(points)).max() < 0.3  # mm, the interpolant's smoothing
+    assert f(np.array([[5.0, -10.0, 20.0]]))[0] < 0 < f(np.array([[5.0 + 60, -10.0, 20.0]]))[0]
+
+
+def test_blend_puts_the_surface_on_the_curves_near_the_planes_only(ellipsoid):
+    planes = group_planes(cut_curves(ellipsoid, 3))
+    # A surface 10% too large: its cuts miss the drawn curves by 2.5-4 mm.
+    wrong = trimesh.Trimesh((ellipsoid.vertices - [5.0, -10.0, 20.0]) * 1.1 + [5.0, -10.0, 20.0], ellipsoid.faces)
+    blended = blend_with_contours(wrong, planes, sigma_mm=5.0)
+
+    before = [r["mean_mm"] for r in contour_residuals(wrong, planes)]
+    after = [r["mean_mm"] for r in contour_residuals(blended, planes)]
+    assert min(before) > 2.0 and max(after) < 0.3, (before, after)
+    assert np.array_equal(blended.faces, wrong.faces)
+    distance = np.min(np.abs(np.stack([(wrong.vertices - p.origin) @ p.normal for p in planes], 1)), 1)
+    far, near = distance > 15.0, distance < 2.0
+    assert far.any() and np.allclose(blended.vertices[far], wrong.vertices[far], atol=1e-3)
+    assert np.abs(_algebraic(blended.vertices[near]) - 1).max() < 0.02  # was 0.1 everywhere
+
+
 @pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute")  # ITK's SWIG wrappers
 def test_fill_between_slices(ellipsoid):
     itk = pytest.importorskip("itk", reason="fill between slices needs ITK (pip install 'shapeprior[bench]')")
@@ -854,12 +892,13 @@ def test_run_benchmark_and_summary(tmp_path, tiny_model, helpers):
 
     result = run_benchmark(data, ["case_*"], str(tiny_model), settings, planes_curve=(3, 5), progress=False)
 
-    methods = ["convex hull", "RBF thin-plate", "fill between slices (ITK)", "DALS global latent", "DALS per-vertex"]
+    methods = ["convex hull", "RBF thin-plate", "fill between slices (ITK)", "DALS global latent",
+               "DALS per-vertex, no contour blend", MAIN_METHOD]
     assert result["cases"] == ["case_a.ply"]
     assert [r["method"] for r in result["rows"]] == methods
     assert all(r["planes"] == 3 and np.isfinite(r["assd_mm"]) and 0 <= r["fscore_2"] <= 100 for r in result["rows"])
     five = sorted(r["method"] for r in result["curve"] if r["planes"] == 5)
-    assert five == ["DALS per-vertex", "RBF thin-plate"]
+    assert five == sorted([MAIN_METHOD, "RBF thin-plate"])
     text = summarise(result)
     for method in methods:
         assert f"| {method} |" in text

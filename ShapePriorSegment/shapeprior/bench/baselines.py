@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import trimesh
-from scipy.interpolate import RBFInterpolator
 from skimage.draw import polygon as fill_polygon
 
+from ..fit.contour_interpolation import contour_interpolant
 from ..fit.contours import Plane
 from ..prep.surface import mask_to_surface
 
@@ -17,30 +17,10 @@ def convex_hull(planes: list[Plane]) -> trimesh.Trimesh:
     return trimesh.convex.convex_hull(np.concatenate([p.points for p in planes]))
 
 
-def _in_plane_normals(curve: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """Unit in-plane normals (N, 3) of a closed curve, pointing out of the region it encloses."""
-    tangent = np.roll(curve, -1, axis=0) - np.roll(curve, 1, axis=0)
-    out = np.cross(tangent, normal)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    # Signed area about the plane normal tells the curve's turning direction.
-    area = np.cross(curve - curve.mean(0), np.roll(curve, -1, axis=0) - curve.mean(0)).sum(0) @ normal
-    return out if area > 0 else -out
-
-
 def rbf_surface(planes: list[Plane], offset_mm: float = 3.0, grid_mm: float = 3.0, max_points: int = 300) -> trimesh.Trimesh:
-    """Variational implicit surface: a thin-plate RBF through the curves (value 0)
-    with off-curve constraints +-offset along in-plane normals, meshed at 0."""
-    centres, values = [], []
-    for plane in planes:
-        for curve in plane.curves:
-            step = max(1, len(curve) * len(planes) // max_points)
-            pts = curve[::step]
-            normals = _in_plane_normals(curve, plane.normal)[::step]
-            centres += [pts, pts + offset_mm * normals, pts - offset_mm * normals]
-            values += [np.zeros(len(pts)), np.full(len(pts), offset_mm), np.full(len(pts), -offset_mm)]
-    centres, values = np.concatenate(centres), np.concatenate(values)
-    rbf = RBFInterpolator(centres, values, kernel="thin_plate_spline", smoothing=1e-3)
-    lo, hi = centres.min(0) - 20, centres.max(0) + 20
+    """Variational implicit surface: the curves' thin-plate interpolant, meshed at 0."""
+    rbf = contour_interpolant(planes, offset_mm, max_points)
+    lo, hi = rbf.y.min(0) - 20, rbf.y.max(0) + 20
     axes = [np.arange(lo[a], hi[a], grid_mm) for a in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     field = rbf(grid).reshape([len(a) for a in axes])

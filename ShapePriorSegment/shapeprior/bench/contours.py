@@ -20,6 +20,7 @@ import trimesh
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..fit.contour_interpolation import blend_with_contours
 from ..fit.contours import Plane, group_planes
 from ..fit.dals_fit import FitSettings, fit_dals, ContourTask
 from ..io import read_mesh
@@ -29,6 +30,8 @@ from ..models.dals import decoder_from_bundle
 from ..prep.surface import repair_mesh
 from .baselines import convex_hull, fill_between_slices, rbf_surface
 
+MAIN_METHOD = "DALS (per-vertex + contour blend)"  # what fit-contours does
+CURVE_METHODS = (MAIN_METHOD, "RBF thin-plate")
 # Plane k (0-based): axis and offset as a fraction of the organ's extent on that axis.
 PLANE_SCHEDULE = [(2, 0.0), (1, 0.0), (0, 0.0), (2, 0.25), (1, 0.25), (0, 0.25), (2, -0.25), (1, -0.25), (0, -0.25)]
 
@@ -59,11 +62,16 @@ def dals_methods(model: str, settings: FitSettings) -> list[Method]:
     decoder, mean = decoder_from_bundle(bundle)
 
     def fitter(s: FitSettings) -> Callable[[list[Plane]], trimesh.Trimesh]:
-        return lambda planes: fit_dals(decoder, mean, lambda u: ContourTask(planes, s.samples, u), s).mesh
+        def run(planes: list[Plane]) -> trimesh.Trimesh:
+            mesh = fit_dals(decoder, mean, lambda u: ContourTask(planes, s.samples, u), s).mesh
+            return blend_with_contours(mesh, planes, s.contour_blend_mm) if s.contour_blend_mm > 0 else mesh
+        return run
 
+    unblended = replace(settings, contour_blend_mm=0.0)
     return [
-        Method("DALS global latent", fitter(replace(settings, vertex_steps=0))),
-        Method("DALS per-vertex", fitter(settings)),
+        Method("DALS global latent", fitter(replace(unblended, vertex_steps=0))),
+        Method("DALS per-vertex, no contour blend", fitter(unblended)),
+        Method(MAIN_METHOD, fitter(settings)),
     ]
 
 
@@ -98,7 +106,7 @@ def run_benchmark(
         for count in sorted(set(planes_curve) | {3}):
             planes = group_planes(cut_curves(truth, count), str(path))
             for method in methods:
-                if count != 3 and not method.name.startswith(("DALS per-vertex", "RBF")):
+                if count != 3 and method.name not in CURVE_METHODS:
                     continue
                 start = time.perf_counter()
                 mesh = method.run(planes)

@@ -55,11 +55,12 @@ class FitSettings:
     lambda_reg: float = 0.01
     lambda_dir: float = 1.0
     lambda_normal: float = 0.02
-    lambda_latent: float = 0.0  # weight of ||z - mean||^2 on the global latent (0: the latent is free)
+    lambda_latent: float = 1e-3  # weight of ||z - mean||^2 on the global latent (0: the latent is free)
     laplacian_power: int = 2
     vertex_modes: int = 16
     vertex_pose: bool = False  # the pose is settled by the global stage; moving it later drifts
     samples: int = 400
+    contour_blend_mm: float = 10.0  # contours only: width of the blend onto their interpolant (0: off)
     seed: int = 0
     threads: int = 1  # small matrices; several threads on a busy CPU slowed fits up to 8x here
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,7 @@ from ..errors import InputError
 from ..metrics import mesh_quality, self_intersection_fraction
 from ..models.bundle import ModelBundle, load_bundle
 from ..models.dals import decoder_from_bundle
+from .contour_interpolation import blend_with_contours
 from .contours import Plane, group_planes
 from .dals_fit import ContourTask, FitResult, FitSettings, PointTask, contour_residuals, fit_dals
 
@@ -58,12 +60,12 @@ def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSe
     }
 
 
-def _fit(make_task, model, settings, source, progress, should_stop) -> tuple[FitResult, ModelBundle, dict]:
+def _fit(make_task, model, settings, source, progress, should_stop) -> tuple[FitResult, ModelBundle]:
     bundle = load_bundle(model, kind="dals")
     decoder, latent_mean = decoder_from_bundle(bundle)
     result = fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop)
     check_size(bundle, result.pose.scale, source)
-    return result, bundle, _report(bundle, result, str(source), settings)
+    return result, bundle
 
 
 def fit_curves(
@@ -74,11 +76,20 @@ def fit_curves(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> DALSFit:
-    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm)."""
+    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm).
+
+    Near the drawn planes the fitted surface is then blended onto the curves'
+    interpolant (``settings.contour_blend_mm``), so it passes through the curves.
+    """
     planes = group_planes(curves, str(source))
-    result, bundle, report = _fit(
+    began = time.perf_counter()
+    result, bundle = _fit(
         lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), model, settings, source, progress, should_stop
     )
+    if settings.contour_blend_mm > 0:
+        result = replace(result, mesh=blend_with_contours(result.mesh, planes, settings.contour_blend_mm),
+                         seconds=time.perf_counter() - began)
+    report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
     return DALSFit(result, bundle, planes, report)
@@ -98,10 +109,10 @@ def fit_points(
         raise InputError(source, "a point cloud of at least 10 points (N, 3) is needed")
     if not np.isfinite(points).all():
         raise InputError(source, "points hold NaN or infinite coordinates")
-    result, bundle, report = _fit(
+    result, bundle = _fit(
         lambda unit_mm: PointTask(points, settings.samples, unit_mm), model, settings, source, progress, should_stop
     )
-    return DALSFit(result, bundle, None, report)
+    return DALSFit(result, bundle, None, _report(bundle, result, str(source), settings))
 
 
 def read_point_cloud(path: str | os.PathLike) -> np.ndarray:

@@ -309,11 +309,12 @@ def refine_mask_in_scene(
 
 def add_refinement_to_scene(scene, refined, **outputs) -> dict:
     """Write a :class:`~shapeprior.fit.refine_mask.MaskRefinement` to the scene: the model node is
-    coloured by distance to the mask boundary. Node ids and ``report`` as in :func:`add_surface_to_scene`."""
-    from ..prep.mask_distance import boundary_points
+    coloured by the signed distance of its vertices to the mask boundary (the report's). Node ids and
+    ``report`` as in :func:`add_surface_to_scene`."""
+    from ..fit.refine_mask import DISTANCE_ARRAY as MASK_DISTANCE_ARRAY
 
-    written = add_surface_to_scene(scene, refined.mesh, refined.report["organ"], boundary_points(refined.prepared),
-                                   **outputs)
+    written = add_surface_to_scene(scene, refined.mesh, refined.report["organ"], refined.distances,
+                                   MASK_DISTANCE_ARRAY, **outputs)
     report = {**refined.report, "warnings": refined.warnings + written.pop("warnings")}
     return {**written, "report": report}
 
@@ -434,16 +435,17 @@ def _point_array(values: np.ndarray, name: str):
 
 def surface_polydata(
     mesh_lps: trimesh.Trimesh, distances: np.ndarray | None = None, normals: bool = False,
+    distance_name: str = DISTANCE_ARRAY,
 ) -> vtk.vtkPolyData:
     """vtkPolyData in RAS (double precision) of a triangle mesh in LPS; faces keep their order.
 
-    ``distances`` (one per vertex) becomes the point array ``DistanceToAnnotation``;
+    ``distances`` (one per vertex, mm) becomes the point array ``distance_name``;
     ``normals`` adds outward vertex normals (smooth shading of a model node).
     """
     # RAS <-> LPS is a half-turn about z (determinant +1), so the faces keep their winding.
     poly = trimesh_to_polydata(trimesh.Trimesh(mesh_lps.vertices * RAS_TO_LPS, mesh_lps.faces, process=False), None)
     if distances is not None:
-        poly.GetPointData().AddArray(_point_array(distances, DISTANCE_ARRAY))
+        poly.GetPointData().AddArray(_point_array(distances, distance_name))
     if normals:
         poly.GetPointData().SetNormals(_point_array(mesh_lps.vertex_normals * RAS_TO_LPS, "Normals"))
     return poly
@@ -463,11 +465,14 @@ def annotation_distances(mesh_lps: trimesh.Trimesh, points_lps: np.ndarray) -> n
     return distances
 
 
-def _show_distances(model_node, distances: np.ndarray) -> None:
+def _show_distances(model_node, distances: np.ndarray, name: str) -> None:
+    """Colour the model by its point array ``name``: 0 to the 95th percentile, or symmetric
+    about 0 when the distances are signed (NaN, e.g. outside an image, is ignored)."""
     display = model_node.GetDisplayNode()
-    display.SetActiveScalar(DISTANCE_ARRAY, vtk.vtkAssignAttribute.POINT_DATA)
+    display.SetActiveScalar(name, vtk.vtkAssignAttribute.POINT_DATA)
     display.SetScalarRangeFlag(display.UseManualScalarRange)
-    display.SetScalarRange(0.0, max(5.0, float(np.percentile(distances, 95))))
+    top = max(5.0, float(np.nanpercentile(np.abs(distances), 95))) if np.isfinite(distances).any() else 5.0
+    display.SetScalarRange(-top if np.nanmin(distances, initial=0.0) < 0 else 0.0, top)
     colors = model_node.GetScene().GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
     if colors is not None:  # in Slicer; slicer-core has no colour tables
         display.SetAndObserveColorNodeID(colors.GetID())
@@ -500,7 +505,8 @@ def add_surface_to_scene(
     scene,
     mesh_lps: trimesh.Trimesh,
     organ: str,
-    annotation_points: np.ndarray | None = None,
+    distances: np.ndarray | None = None,
+    distance_name: str = DISTANCE_ARRAY,
     *,
     segmentation_node_id: str | None = None,
     model_node_id: str | None = None,
@@ -511,8 +517,8 @@ def add_surface_to_scene(
     """Write a surface (LPS mm) as a model node and a closed-surface segment.
 
     The model node is ``model_node_id`` (its surface replaced) or a new ``<organ> surface``;
-    with ``annotation_points`` it gets the point array ``DistanceToAnnotation`` and is coloured
-    by it. The segment goes to ``segmentation_node_id`` or a new segmentation node whose
+    with ``distances`` (V,) mm it gets them as the point array ``distance_name`` and is coloured
+    by them. The segment goes to ``segmentation_node_id`` or a new segmentation node whose
     source representation is set to closed surface first (so the surface is kept, not
     voxelised). It is named ``segment_name`` (default: the organ), made unique
     (``liver 2``) unless ``replace`` is set, in which case a segment of that name is
@@ -527,8 +533,9 @@ def add_surface_to_scene(
         if segmentation_node_id else None
     )
     # Everything that can fail on bad data is computed before the scene is changed.
-    distances = annotation_distances(mesh_lps, annotation_points) if annotation_points is not None else None
-    model_poly = surface_polydata(mesh_lps, distances, normals=True)
+    if distances is not None and len(distances) != len(mesh_lps.vertices):
+        raise ValueError(f"{len(distances)} distances for {len(mesh_lps.vertices)} vertices")
+    model_poly = surface_polydata(mesh_lps, distances, normals=True, distance_name=distance_name)
     segment_poly = surface_polydata(mesh_lps)
     warnings: list[str] = []
     undo: list[Callable[[], None]] = []
@@ -546,7 +553,7 @@ def add_surface_to_scene(
         if model_node.GetDisplayNode() is None:
             model_node.CreateDefaultDisplayNodes()
         if distances is not None:
-            _show_distances(model_node, distances)
+            _show_distances(model_node, distances, distance_name)
 
         if segmentation_node is None:
             segmentation_node = scene.AddNewNodeByClass(
@@ -595,7 +602,8 @@ def add_fit_to_scene(scene, fit: DALSFit, annotation: Annotation | None = None, 
     """
     organ = fit.bundle.organ
     points = annotation.qa_points(fit) if annotation is not None else None
-    written = add_surface_to_scene(scene, fit.result.mesh, organ, points, **outputs)
+    distances = annotation_distances(fit.result.mesh, points) if points is not None else None
+    written = add_surface_to_scene(scene, fit.result.mesh, organ, distances, **outputs)
     warnings = written.pop("warnings")
     if annotation is not None and annotation.label and organ.lower() not in annotation.label.lower():
         warnings.insert(0, f"the model is a {organ} model but the annotation is segment {annotation.label!r}")
@@ -605,8 +613,7 @@ def add_fit_to_scene(scene, fit: DALSFit, annotation: Annotation | None = None, 
         "segmentation": scene.GetNodeByID(written["segmentation_node_id"]).GetName(),
         "segment": written["segment_name"],
     }
-    if points is not None:
-        distances = annotation_distances(fit.result.mesh, points)
+    if distances is not None:
         report["distance_to_annotation_mm"] = {"median": float(np.median(distances)), "max": float(distances.max())}
     return {**written, "report": report}
 

@@ -20,7 +20,7 @@ import trimesh
 
 from ..errors import InputError
 from ..fit.contours import resample_closed_curve
-from .bridge import add_closed_curves, add_surface_to_scene
+from .bridge import DISTANCE_ARRAY, add_closed_curves, add_surface_to_scene, annotation_distances
 
 # Module logics a scene needs for what this package puts in it (name -> class name).
 MODULE_LOGICS = {
@@ -76,12 +76,14 @@ def write_scene_bundle(
     organ: str,
     volume_path: str | os.PathLike | None = None,
     report: dict | None = None,
-    annotation_points: np.ndarray | None = None,
+    distances: np.ndarray | None = None,
+    distance_name: str = DISTANCE_ARRAY,
 ) -> Path:
     """Write a Slicer scene bundle: input volume (if given), curves, fitted model, segmentation.
 
-    Curves and mesh are LPS mm. The model is coloured by distance to the curves (or to
-    ``annotation_points`` (N, 3) LPS mm when given, e.g. a refined mask's boundary); the
+    Curves and mesh are LPS mm. The model is coloured by ``distances`` (V,) mm when given
+    (point array ``distance_name``, e.g. a refined mask's signed distances), else by its
+    vertices' distance to the curves; the
     segment (named after the organ) keeps the closed surface as its source
     representation. ``report`` is stored as a text node ``<organ> fit report`` (JSON).
     The file appears complete or not at all.
@@ -101,10 +103,9 @@ def write_scene_bundle(
         volume_id = volume.GetID()
     curves = [np.asarray(c, dtype=np.float64) for c in curves_lps]
     add_closed_curves(scene, curves)
-    dense = np.concatenate([resample_closed_curve(c) for c in curves]) if curves else None
-    if annotation_points is not None:
-        dense = np.asarray(annotation_points, dtype=np.float64)
-    add_surface_to_scene(scene, mesh_lps, organ, dense, reference_volume_id=volume_id)
+    if distances is None and curves:
+        distances = annotation_distances(mesh_lps, np.concatenate([resample_closed_curve(c) for c in curves]))
+    add_surface_to_scene(scene, mesh_lps, organ, distances, distance_name, reference_volume_id=volume_id)
     if report is not None:
         text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{organ} fit report")
         text.SetText(json.dumps(report, indent=2, default=str))
