@@ -88,6 +88,7 @@ class ShapePriorSegmentParameterNode:
     annotationMode - "curves", "painted" (Segment Editor strokes) or "mask" (CNN mask).
     outputSegmentation - receives the fitted segment (none: a new segmentation).
     level, globalSteps, vertexSteps, smoothness - fit settings.
+    contourBlend - width (mm) of the blend that makes the surface pass through drawn contours (0: off).
     colorByDistance - color the fitted surface by its distance to the annotation.
     resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
     """
@@ -100,6 +101,7 @@ class ShapePriorSegmentParameterNode:
     globalSteps: Annotated[int, WithinRange(1, 2000)] = 100
     vertexSteps: Annotated[int, WithinRange(0, 5000)] = 50
     smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
+    contourBlend: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
     colorByDistance: bool = True
     resultModel: vtkMRMLModelNode
     resultSegmentation: vtkMRMLSegmentationNode

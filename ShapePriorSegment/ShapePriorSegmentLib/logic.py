@@ -165,6 +165,7 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         return FitSettings(
             level=parameterNode.level, global_steps=parameterNode.globalSteps,
             vertex_steps=parameterNode.vertexSteps, lambda_dir=parameterNode.smoothness,
+            contour_blend_mm=parameterNode.contourBlend,
         )
 
     # ---------------------------------------------------------------- annotation and fit

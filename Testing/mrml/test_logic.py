@@ -161,3 +161,13 @@ def test_logic_picks_a_model_of_the_kind_each_mode_needs(tiny_model, image_datas
     assert logic.modelForMode(str(image_dataset["unet"]), "mask") == "liver"
     assert logic.modelOrgan(str(image_dataset["dissm"])) == "blob"
     assert logic.modelForMode("/no/such/model.pt", "image") == "/no/such/model.pt"  # the fit reports it
+
+
+def test_fit_settings_come_from_the_panels_parameters():
+    from types import SimpleNamespace
+
+    parameters = SimpleNamespace(level=3, globalSteps=40, vertexSteps=20, smoothness=2.5, contourBlend=0.0)
+    settings = ShapePriorSegmentLogic.fitSettings(parameters)
+    assert (settings.level, settings.global_steps, settings.vertex_steps) == (3, 40, 20)
+    assert settings.lambda_dir == 2.5 and settings.contour_blend_mm == 0.0
+    assert settings.lambda_latent == FitSettings().lambda_latent  # not on the panel: the command line's default
