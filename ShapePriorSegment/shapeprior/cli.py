@@ -398,6 +398,8 @@ def _run_fit_contours(args: argparse.Namespace) -> int:
     with bar:
         fit = fit_curves(curves, args.model, _fit_settings(args), args.input, progress=update)
     _write_fit_outputs(args, fit, reference, curves)
+    for warning in fit.report["warnings"]:
+        print(f"shapeprior: warning: {warning}", file=sys.stderr)
     worst = max(r["max_mm"] for r in fit.report["residuals"])
     mean = float(np.mean([r["mean_mm"] for r in fit.report["residuals"]]))
     print(f"fitted {fit.bundle.organ} to {len(curves)} curves on {fit.report['planes']} planes in "

@@ -111,10 +111,11 @@ def test_fit_contours_from_markups(inputs, tiny_model, tmp_path, capsys, helpers
                  "--report", str(out / "report.json")])
 
     captured = capsys.readouterr()
-    assert code == 0 and captured.err == ""
     summary = SUMMARY.match(captured.out.strip())
     assert summary and captured.out.count("\n") == 1, captured.out
     expected = fit_curves(read_closed_curves(mrk), tiny_model, SETTINGS, str(mrk))
+    # Only the report's warnings (curves the tiny model's short fit does not follow) go to stderr.
+    assert code == 0 and captured.err == "".join(f"shapeprior: warning: {w}\n" for w in expected.report["warnings"])
 
     mesh = read_mesh(out / "liver.vtk")  # LPS mm, as fitted
     np.testing.assert_allclose(mesh.vertices, expected.result.mesh.vertices, atol=1e-3)

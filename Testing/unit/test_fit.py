@@ -34,7 +34,7 @@ from shapeprior.fit.dals_fit import (
     initial_pose,
     laplacian_modes,
 )
-from shapeprior.fit.run import check_size, fit_curves, fit_points, read_point_cloud
+from shapeprior.fit.run import check_size, fit_curves, fit_points, read_point_cloud, residual_warnings
 from shapeprior.geometry import icosphere
 from shapeprior.io import write_mesh
 from shapeprior.io.labelmaps import painted_slice_contours
@@ -507,9 +507,18 @@ def test_contour_fit_recovers_the_pose(tiny_model, target):
     assert [r["curve"] for r in residuals] == [1, 2, 3] and [r["plane"] for r in residuals] == [1, 2, 3]
     assert max(r["mean_mm"] for r in residuals) < 0.015 * size
     assert max(r["max_mm"] for r in residuals) < 0.05 * size
+    assert fit.report["warnings"] == []  # every curve followed
     assert fit.report["planes"] == 3 and fit.report["frame"] == "LPS mm" and fit.report["organ"] == "liver"
     assert fit.report["model"] == str(tiny_model) and fit.report["iterations"] == 30
     json.dumps(fit.report)  # the report is plain JSON
+
+
+def test_residual_warnings_name_the_curves_the_surface_misses():
+    rows = [{"curve": 1, "mean_mm": 1.0}, {"curve": 2, "mean_mm": 9.0}, {"curve": 3, "mean_mm": float("inf")}]
+    warnings = residual_warnings(rows, mm_per_unit=120.0)  # tolerance 4.8 mm
+    assert len(warnings) == 2 and warnings[0].startswith("curve 2 is 9.0 mm") and "4.8 mm" in warnings[0]
+    assert warnings[1].startswith("curve 3 is inf mm")
+    assert residual_warnings(rows[:1], mm_per_unit=10.0) == []  # at least 2 mm tolerance for small organs
 
 
 def test_fit_is_reproducible_and_matches_fit_dals(tiny, tiny_model, target):

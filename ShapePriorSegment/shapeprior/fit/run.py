@@ -92,7 +92,20 @@ def fit_curves(
     report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
+    report["warnings"] = residual_warnings(report["residuals"], result.pose.scale)
     return DALSFit(result, bundle, planes, report)
+
+
+def residual_warnings(residuals: list[dict], mm_per_unit: float) -> list[str]:
+    """A warning for each curve the surface does not follow: mean residual over 2% of the
+    organ's size (the F@2% tolerance; 2 mm at least). Small separate curves, such as a
+    plane grazing a lobe's tip, are the usual case."""
+    tolerance = max(2.0, 0.04 * mm_per_unit)  # the unit sphere's diameter is 2 units
+    return [
+        f"curve {r['curve']} is {r['mean_mm']:.1f} mm from the surface on average (tolerance {tolerance:.1f} mm): "
+        f"the model does not follow it; check the curve, or add a contour near it"
+        for r in residuals if not r["mean_mm"] <= tolerance
+    ]
 
 
 def fit_points(

@@ -597,14 +597,14 @@ def add_fit_to_scene(scene, fit: DALSFit, annotation: Annotation | None = None, 
     """Write a fit's surface to the scene (see :func:`add_surface_to_scene` for ``outputs``).
 
     Returns the node ids as :func:`add_surface_to_scene` does, plus ``report``: the fit's
-    report with the output names and ``warnings`` (e.g. a model organ that differs from
-    the annotated segment's name).
+    report with the output names and ``warnings`` (a model organ that differs from the
+    annotated segment's name first, then the fit's, e.g. curves the surface does not follow).
     """
     organ = fit.bundle.organ
     points = annotation.qa_points(fit) if annotation is not None else None
     distances = annotation_distances(fit.result.mesh, points) if points is not None else None
     written = add_surface_to_scene(scene, fit.result.mesh, organ, distances, **outputs)
-    warnings = written.pop("warnings")
+    warnings = fit.report.get("warnings", []) + written.pop("warnings")
     if annotation is not None and annotation.label and organ.lower() not in annotation.label.lower():
         warnings.insert(0, f"the model is a {organ} model but the annotation is segment {annotation.label!r}")
     report = {**fit.report, "warnings": warnings}
