@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-import trimesh
 from torch import nn
 
 from shapeprior.cli import main
 from shapeprior.io import read_mesh
 from shapeprior.io.labelmaps import mesh_to_labelmap
 from shapeprior.models.pose_agent import (
-    CanonicalSDF, PoseAgent, PoseState, apply_correction, build_canonical_sdf, render_state,
+    PoseAgent, PoseState, apply_correction, build_canonical_sdf, render_state,
 )
 from shapeprior.models.sdf import SDFConfig, SDFDecoder, ShapeSpace, evaluate_grid, extract_mesh
 from shapeprior.prep.crops import GridSpec, agent_input, centred_grid, grid_points

@@ -82,13 +82,13 @@ def fit_curves(
     interpolant (``settings.contour_blend_mm``), so it passes through the curves.
     """
     planes = group_planes(curves, str(source))
-    began = time.perf_counter()
     result, bundle = _fit(
         lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), model, settings, source, progress, should_stop
     )
     if settings.contour_blend_mm > 0:
-        result = replace(result, mesh=blend_with_contours(result.mesh, planes, settings.contour_blend_mm),
-                         seconds=time.perf_counter() - began)
+        began = time.perf_counter()
+        mesh = blend_with_contours(result.mesh, planes, settings.contour_blend_mm)
+        result = replace(result, mesh=mesh, seconds=result.seconds + time.perf_counter() - began)
     report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
