@@ -607,7 +607,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data", default=os.path.join("..", "shared", "data", "liver-meshes"), help="folder of true surfaces")
     c.add_argument("--include", action="append", help="file-name patterns of held-out cases (default LiTS-*, 3Dircadb-*)")
     c.add_argument("--limit", type=int, default=20, help="number of cases, spread over the sorted list (0: all)")
-    c.add_argument("--planes", default="3,5,7,9", help="plane counts for the F@2%% curve")
+    c.add_argument("--planes", default="3,4,5,6,7,8,9", help="plane counts for the F@2%% curve")
     c.add_argument("--out", help="write per-case results here (JSON)")
     c.add_argument("--markdown", help="write the summary tables here (Markdown)")
     _add_fit_tuning(c)

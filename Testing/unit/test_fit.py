@@ -907,7 +907,7 @@ def test_run_benchmark_and_summary(tmp_path, tiny_model, helpers):
     assert [r["method"] for r in result["rows"]] == methods
     assert all(r["planes"] == 3 and np.isfinite(r["assd_mm"]) and 0 <= r["fscore_2"] <= 100 for r in result["rows"])
     five = sorted(r["method"] for r in result["curve"] if r["planes"] == 5)
-    assert five == sorted([MAIN_METHOD, "RBF thin-plate"])
+    assert five == sorted([MAIN_METHOD, "RBF thin-plate", "fill between slices (ITK)"])
     text = summarise(result)
     for method in methods:
         assert f"| {method} |" in text

@@ -31,7 +31,7 @@ from ..prep.surface import repair_mesh
 from .baselines import convex_hull, fill_between_slices, rbf_surface
 
 MAIN_METHOD = "DALS (per-vertex + contour blend)"  # what fit-contours does
-CURVE_METHODS = (MAIN_METHOD, "RBF thin-plate")
+CURVE_METHODS = (MAIN_METHOD, "RBF thin-plate", "fill between slices (ITK)")
 # Plane k (0-based): axis and offset as a fraction of the organ's extent on that axis.
 PLANE_SCHEDULE = [(2, 0.0), (1, 0.0), (0, 0.0), (2, 0.25), (1, 0.25), (0, 0.25), (2, -0.25), (1, -0.25), (0, -0.25)]
 
