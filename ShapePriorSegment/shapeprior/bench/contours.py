@@ -20,9 +20,9 @@ import trimesh
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..fit.contour_interpolation import blend_with_contours
 from ..fit.contours import Plane, group_planes
-from ..fit.dals_fit import FitSettings, fit_dals, ContourTask
+from ..fit.dals_fit import FitSettings
+from ..fit.run import fit_planes
 from ..io import read_mesh
 from ..metrics import mesh_quality, self_intersection_fraction, surface_metrics
 from ..models.bundle import load_bundle
@@ -62,10 +62,7 @@ def dals_methods(model: str, settings: FitSettings) -> list[Method]:
     decoder, mean = decoder_from_bundle(bundle)
 
     def fitter(s: FitSettings) -> Callable[[list[Plane]], trimesh.Trimesh]:
-        def run(planes: list[Plane]) -> trimesh.Trimesh:
-            mesh = fit_dals(decoder, mean, lambda u: ContourTask(planes, s.samples, u), s).mesh
-            return blend_with_contours(mesh, planes, s.contour_blend_mm) if s.contour_blend_mm > 0 else mesh
-        return run
+        return lambda planes: fit_planes(decoder, mean, planes, s).mesh
 
     unblended = replace(settings, contour_blend_mm=0.0)
     return [

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import trimesh
 from scipy import ndimage
 
-from ..io.labelmaps import index_to_lps, mesh_to_labelmap
+from ..io.labelmaps import index_to_lps, lps_to_index, mesh_to_labelmap
 from ..prep.mask_distance import PreparedMask, signed_distance_map
 from .image_fit import level_set_mesh
 
@@ -29,8 +29,7 @@ CHUNK = 200_000  # points per libigl distance query
 def extended_grid(reference: sitk.Image, mesh: trimesh.Trimesh, margin: int = 2) -> tuple[sitk.Image, np.ndarray]:
     """A grid with ``reference``'s spacing and direction covering it and ``mesh`` (LPS mm);
     and the (i, j, k) index of ``reference``'s first voxel in it."""
-    direction = np.array(reference.GetDirection()).reshape(3, 3)
-    ijk = (mesh.vertices - np.array(reference.GetOrigin())) @ direction / np.array(reference.GetSpacing())
+    ijk = lps_to_index(reference, mesh.vertices)
     size = np.array(reference.GetSize())
     lo = np.minimum(0, np.floor(ijk.min(0)).astype(int) - margin)
     hi = np.maximum(size, np.ceil(ijk.max(0)).astype(int) + margin + 1)

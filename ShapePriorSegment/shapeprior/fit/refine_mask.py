@@ -23,6 +23,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from ..io.labelmaps import lps_to_index
 from ..metrics import dice, mesh_quality
 from ..models.bundle import ModelBundle, load_bundle
 from ..prep.mask_distance import DistanceSampler, PreparedMask, boundary_points, prepare_mask
@@ -168,7 +169,7 @@ def _distances_to_mask(mesh: trimesh.Trimesh, prepared: PreparedMask, full: sitk
     verts = np.asarray(mesh.vertices)
     distances, valid = DistanceSampler(prepared.sdf_mm, prepared.mask)(torch.tensor(verts, dtype=torch.float32))
     distances, valid = distances.double().numpy(), valid.numpy()
-    index = (verts - np.array(full.GetOrigin())) @ np.array(full.GetDirection()).reshape(3, 3) / full.GetSpacing()
+    index = lps_to_index(full, verts)
     in_image = np.all((index >= 0) & (index <= np.array(full.GetSize()) - 1), axis=1)
     beyond_crop = in_image & ~valid
     if beyond_crop.any():

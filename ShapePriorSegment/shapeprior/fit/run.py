@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..metrics import mesh_quality, self_intersection_fraction
 from ..models.bundle import ModelBundle, load_bundle
-from ..models.dals import decoder_from_bundle
+from ..models.dals import DALSDecoder, decoder_from_bundle
 from .contour_interpolation import blend_with_contours
 from .contours import Plane, group_planes
 from .dals_fit import ContourTask, FitResult, FitSettings, PointTask, contour_residuals, fit_dals
@@ -60,12 +61,31 @@ def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSe
     }
 
 
-def _fit(make_task, model, settings, source, progress, should_stop) -> tuple[FitResult, ModelBundle]:
+def _fit(fit_with: Callable[[DALSDecoder, torch.Tensor], FitResult], model, source) -> tuple[FitResult, ModelBundle]:
     bundle = load_bundle(model, kind="dals")
-    decoder, latent_mean = decoder_from_bundle(bundle)
-    result = fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop)
+    result = fit_with(*decoder_from_bundle(bundle))
     check_size(bundle, result.pose.scale, source)
     return result, bundle
+
+
+def fit_planes(
+    decoder: DALSDecoder,
+    latent_mean: torch.Tensor,
+    planes: list[Plane],
+    settings: FitSettings = FitSettings(),
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """:func:`fit_dals` to the curves of ``planes`` (LPS mm); then, near the drawn planes, the
+    surface is blended onto the curves' interpolant (``settings.contour_blend_mm``, 0: not),
+    so it passes through the curves. ``seconds`` includes the blend."""
+    result = fit_dals(decoder, latent_mean, lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), settings,
+                      progress, should_stop)
+    if settings.contour_blend_mm <= 0:
+        return result
+    began = time.perf_counter()
+    mesh = blend_with_contours(result.mesh, planes, settings.contour_blend_mm)
+    return replace(result, mesh=mesh, seconds=result.seconds + time.perf_counter() - began)
 
 
 def fit_curves(
@@ -76,19 +96,10 @@ def fit_curves(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> DALSFit:
-    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm).
-
-    Near the drawn planes the fitted surface is then blended onto the curves'
-    interpolant (``settings.contour_blend_mm``), so it passes through the curves.
-    """
+    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`."""
     planes = group_planes(curves, str(source))
-    result, bundle = _fit(
-        lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), model, settings, source, progress, should_stop
-    )
-    if settings.contour_blend_mm > 0:
-        began = time.perf_counter()
-        mesh = blend_with_contours(result.mesh, planes, settings.contour_blend_mm)
-        result = replace(result, mesh=mesh, seconds=result.seconds + time.perf_counter() - began)
+    result, bundle = _fit(lambda decoder, mean: fit_planes(decoder, mean, planes, settings, progress, should_stop),
+                          model, source)
     report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
@@ -123,7 +134,9 @@ def fit_points(
     if not np.isfinite(points).all():
         raise InputError(source, "points hold NaN or infinite coordinates")
     result, bundle = _fit(
-        lambda unit_mm: PointTask(points, settings.samples, unit_mm), model, settings, source, progress, should_stop
+        lambda decoder, mean: fit_dals(decoder, mean, lambda unit_mm: PointTask(points, settings.samples, unit_mm),
+                                       settings, progress, should_stop),
+        model, source,
     )
     return DALSFit(result, bundle, None, _report(bundle, result, str(source), settings))
 

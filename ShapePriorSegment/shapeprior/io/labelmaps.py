@@ -25,6 +25,12 @@ def index_to_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
     return (np.asarray(ijk) * np.array(image.GetSpacing())) @ direction.T + np.array(image.GetOrigin())
 
 
+def lps_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """LPS mm (N, 3) -> continuous voxel indices (N, 3) in (i, j, k) order (inverse of :func:`index_to_lps`)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return (np.asarray(points) - np.array(image.GetOrigin())) @ direction / np.array(image.GetSpacing())
+
+
 def painted_slice_contours(mask: sitk.Image, source: str | os.PathLike = "mask") -> list[np.ndarray]:
     """Closed curves (N_i, 3) in LPS mm around the painted regions of each painted slice.
 
@@ -59,10 +65,8 @@ def mesh_to_labelmap(mesh: trimesh.Trimesh, reference: sitk.Image, label: int = 
     the surface's bounding box are tested.
     """
     size = np.array(reference.GetSize())
-    direction = np.array(reference.GetDirection()).reshape(3, 3)
-    spacing = np.array(reference.GetSpacing())
     corners = np.array(np.meshgrid(*[mesh.bounds[:, a] for a in range(3)], indexing="ij")).reshape(3, -1).T
-    ijk = (corners - np.array(reference.GetOrigin())) @ direction / spacing
+    ijk = lps_to_index(reference, corners)
     lo = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, size)
     hi = np.clip(np.ceil(ijk.max(0)).astype(int) + 2, 0, size)
     out = np.zeros(size[::-1], dtype=np.uint8)  # (k, j, i)

@@ -403,7 +403,6 @@ class MaskRefineJob(BackgroundJob):
     def __init__(self, mask: sitk.Image, source: str, model: str | os.PathLike = "liver"):
         from ..fit.refine_mask import refine_mask
 
-        self.source = source
         super().__init__(lambda progress, stop: refine_mask(mask, model, source, progress=progress, should_stop=stop))
 
 
