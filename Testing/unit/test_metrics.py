@@ -13,8 +13,10 @@ from shapeprior.metrics import (
     assd_voxel,
     dice,
     hd95_voxel,
+    mask_surface,
     mesh_quality,
     self_intersection_fraction,
+    surface_distances_of_masks,
     surface_metrics,
 )
 
@@ -155,3 +157,36 @@ def test_voxel_metrics_identical_and_empty():
     assert np.isnan(hd95_voxel(a, empty, (1, 1, 1))) and np.isnan(assd_voxel(empty, empty, (1, 1, 1)))
     with pytest.raises(ValueError):
         dice(a, a[1:])
+
+
+def test_mask_surface_runs_midway_between_voxel_centres_in_mm():
+    a, _ = _cubes()  # voxels 2..6 along each axis
+    surface = mask_surface(a, (1, 1, 2))
+    assert surface.is_watertight
+    np.testing.assert_allclose(surface.bounds, [[1.5, 1.5, 3.0], [6.5, 6.5, 13.0]])
+
+
+def test_surface_distances_of_masks_one_extra_layer():
+    a = np.zeros((12, 10, 10), dtype=bool)
+    b = a.copy()
+    a[2:7, 2:7, 2:7] = True
+    b[2:8, 2:7, 2:7] = True  # one more layer along axis 0
+    # b's top face (25 of its 170 voxel-face units, 15%) is one voxel above a's; the rest
+    # of either surface lies on or within a voxel of the other: HD95 is one voxel along axis 0.
+    assert surface_distances_of_masks(a, b, (1, 1, 1))["hd95_mm"] == pytest.approx(1.0)
+    assert surface_distances_of_masks(a, b, (2, 1, 1))["hd95_mm"] == pytest.approx(2.0)
+    assert 0 < surface_distances_of_masks(a, b, (1, 1, 1))["assd_mm"] < 0.5
+    same = surface_distances_of_masks(a, a, (1, 1, 1))
+    assert same["hd95_mm"] == pytest.approx(0, abs=1e-9) and same["assd_mm"] == pytest.approx(0, abs=1e-9)
+    assert np.isnan(surface_distances_of_masks(a, np.zeros_like(a), (1, 1, 1))["hd95_mm"])
+
+
+def test_surface_hd95_of_masks_resolves_what_voxel_hd95_ties():
+    # Balls of radius 10 and 10.4 voxels: voxel HD95 can only say 0 or 1 voxel; the
+    # marching-cubes surfaces are about 0.4 voxels apart.
+    grid = np.indices((30, 30, 30)) - 14.5
+    radius = np.sqrt((grid**2).sum(0))
+    small, large = radius < 10, radius < 10.4
+    assert hd95_voxel(small, large, (1, 1, 1)) in (0.0, 1.0)
+    surface = surface_distances_of_masks(small, large, (1, 1, 1))
+    assert 0.2 < surface["assd_mm"] < 0.6

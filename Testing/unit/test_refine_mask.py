@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import trimesh
 from shapeprior.bench.image import mask_metrics
-from shapeprior.bench.refine import FAILURES, failure_mask
+from shapeprior.bench.refine import FAILURES, failure_mask, summarise
 from shapeprior.cli import main
 from shapeprior.errors import InputError
 from shapeprior.fit.mask_fusion import fuse_with_mask
@@ -217,3 +217,22 @@ def test_a_mask_far_from_the_model_size_warns_and_is_still_fitted(helpers, one_t
     refined = refine_mask(big, "hippocampus", "big.nii.gz")
     assert any("typical hippocampus size" in w for w in refined.warnings)
     assert refined.report["warnings"] == refined.warnings and len(refined.mesh.faces) > 0
+
+
+def test_benchmark_summary_medians_and_per_case_counts():
+    def row(case, method, dice, hd95, surface, seconds=None):
+        return {"setting": "toy", "case": case, "method": method, "seconds": seconds, "dice": dice,
+                "hd95_mm": hd95, "assd_mm": hd95 / 2, "hd95_surface_mm": surface, "assd_surface_mm": surface / 2}
+
+    rows = [row("a", "mask", 0.80, 2.0, 1.9), row("a", "refined", 0.90, 1.0, 1.2, 3.0),
+            row("b", "mask", 0.85, 1.41, 1.5), row("b", "refined", 0.84, 1.41, 1.6, 5.0),
+            row("c", "mask", 0.70, 3.0, 3.0), row("c", "refined", 0.75, 2.0, 4e-14, 4.0)]
+    lines = summarise({"rows": rows, "peak_rss_mb": 100.0}).splitlines()
+    medians = next(line for line in lines if line.startswith("| toy | 3 |"))
+    # Medians before -> after: Dice 0.80 -> 0.84, HD95 2 -> 1.41, surface HD95 1.9 -> 1.2; time 4 s.
+    assert "0.8 -> **0.84**" in medians and "2 -> **1.41**" in medians and "1.9 -> **1.2**" in medians
+    assert medians.endswith("| 4.0 |")
+    cases = [line for line in lines if line.startswith("| toy |") and line != medians][0]
+    # HD95 lower in a and c, higher in none; surface HD95 lower in a and c, higher in b;
+    # Dice higher in a and c, lower in b; worst Dice 0.75 after vs 0.70 before; slowest 5 s.
+    assert cases == "| toy | 2.14 -> 1.47 | 2 / 0 | 2 / 1 | 2 / 1 | 0.750 vs 0.700 | 5.0 |"

@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..fit.image_fit import DISSMModel, fit_image, state_from_record, state_mesh
 from ..io import read_image, read_mask
 from ..io.labelmaps import mesh_to_labelmap
-from ..metrics import assd_voxel, dice, hd95_voxel
+from ..metrics import assd_voxel, dice, hd95_voxel, surface_distances_of_masks
 from ..models.bundle import load_bundle
 from ..train.common import read_manifest
 from ..train.unet import segment, unet_from_bundle
@@ -30,7 +30,9 @@ from ..train.unet import segment, unet_from_bundle
 def mask_metrics(pred: sitk.Image, truth: sitk.Image) -> dict:
     a, b = sitk.GetArrayViewFromImage(pred) > 0, sitk.GetArrayViewFromImage(truth) > 0
     spacing = truth.GetSpacing()[::-1]  # array axes are (k, j, i)
-    return {"dice": dice(a, b), "hd95_mm": hd95_voxel(a, b, spacing), "assd_mm": assd_voxel(a, b, spacing)}
+    surface = surface_distances_of_masks(a, b, spacing)
+    return {"dice": dice(a, b), "hd95_mm": hd95_voxel(a, b, spacing), "assd_mm": assd_voxel(a, b, spacing),
+            "hd95_surface_mm": surface["hd95_mm"], "assd_surface_mm": surface["assd_mm"]}
 
 
 def held_out_cases(dataset: Path, names: list[str], limit: int | None) -> list[tuple[str, str, str, list[int]]]:
