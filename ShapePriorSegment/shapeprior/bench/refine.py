@@ -92,11 +92,12 @@ def liver_truth(path: Path) -> sitk.Image:
 
 def _score(rows: list, setting: str, case: str, mask: sitk.Image, truth: sitk.Image, model: str,
            settings: RefineSettings) -> None:
-    rows.append({"setting": setting, "case": case, "method": "mask", "seconds": None, **mask_metrics(mask, truth)})
+    rows.append({"setting": setting, "case": case, "method": "mask", "seconds": None,
+                 **mask_metrics(mask, truth, surface=True)})
     start = time.perf_counter()
     refined = refine_mask(mask, model, f"{case} ({setting})", settings=settings)
     rows.append({"setting": setting, "case": case, "method": "refined", "seconds": time.perf_counter() - start,
-                 **mask_metrics(refined.segmentation, truth)})
+                 **mask_metrics(refined.segmentation, truth, surface=True)})
 
 
 def run_benchmark(hippocampus_data: str | Path | None, unet: str | None, liver_meshes: str | Path | None,
@@ -160,9 +161,9 @@ def summarise(result: dict) -> str:
     lines += [("| setting | mean HD95 mm | HD95 lower / higher (cases) | surface HD95 lower / higher | "
                "Dice higher / lower | worst Dice after vs before | max time s |"), "|---|---|---|---|---|---|---|"]
     for setting in settings:
-        pairs = [(b, a) for b in result["rows"] if b["setting"] == setting and b["method"] == "mask"
-                 for a in result["rows"] if a["setting"] == setting and a["method"] == "refined"
-                 and a["case"] == b["case"]]
+        rows = [r for r in result["rows"] if r["setting"] == setting]
+        refined = {r["case"]: r for r in rows if r["method"] == "refined"}
+        pairs = [(r, refined[r["case"]]) for r in rows if r["method"] == "mask"]
         before, after = ({k: np.array([p[i][k] for p in pairs], dtype=float)
                           for k in ("dice", "hd95_mm", "hd95_surface_mm")} for i in (0, 1))
         lines.append(
