@@ -906,12 +906,15 @@ def test_run_benchmark_and_summary(tmp_path, tiny_model, helpers):
     assert result["cases"] == ["case_a.ply"]
     assert [r["method"] for r in result["rows"]] == methods
     assert all(r["planes"] == 3 and np.isfinite(r["assd_mm"]) and 0 <= r["fscore_2"] <= 100 for r in result["rows"])
+    # The box diagonal is the looser tolerance; near and far from the planes are parts of the whole.
+    assert all(r["fscore_2_box"] >= r["fscore_2"] and 0 <= r["fscore_2_near"] <= 100 for r in result["rows"])
     five = sorted(r["method"] for r in result["curve"] if r["planes"] == 5)
     assert five == sorted([MAIN_METHOD, "RBF thin-plate", "fill between slices (ITK)"])
     text = summarise(result)
     for method in methods:
         assert f"| {method} |" in text
     assert "| median F@2% | 3 planes | 5 planes |" in text
+    assert "| F@2% box | F@2% <10 mm | F@2% >20 mm |" in text
     assert "1 held-out cases" in text
     with pytest.raises(InputError, match="no meshes match"):
         run_benchmark(data, ["other_*"], str(tiny_model), settings, progress=False)

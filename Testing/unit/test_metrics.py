@@ -47,6 +47,24 @@ def test_concentric_spheres():
     # A 0.3 mm gap lies between the two thresholds.
     closer = surface_metrics(_sphere(10.3), ref)
     assert closer["fscore_1"] == 0 and closer["fscore_2"] == 100
+    # The box convention: 2 % of the 20 mm cube's diagonal (0.69 mm) also admits 0.6 mm.
+    looser = surface_metrics(_sphere(10.6), ref)
+    assert looser["fscore_2"] == 0 and looser["fscore_2_box"] == 100
+
+
+def test_fscore_within_regions():
+    """Pred = ref on the x > 0 half, 1 mm outside it on the x < 0 half (tau 0.4 mm)."""
+    ref = _sphere(10, level=5)
+    verts = ref.vertices.copy()
+    verts[verts[:, 0] < 0] *= 1.1
+    pred = trimesh.Trimesh(verts, ref.faces, process=False)
+    m = surface_metrics(pred, ref, regions={"right": lambda p: p[:, 0] > 1, "left": lambda p: p[:, 0] < -1,
+                                            "nowhere": lambda p: p[:, 0] > 100})
+    assert m["fscore_2_right"] == 100 and m["fscore_2_left"] == 0
+    assert 0 < m["fscore_2"] < 100 and np.isnan(m["fscore_2_nowhere"])
+    # Where only the reference has surface, nothing of it is recalled.
+    inner = {"inner": lambda p: np.linalg.norm(p, axis=1) < 10.5}
+    assert surface_metrics(_sphere(11), ref, num_points=2000, regions=inner)["fscore_2_inner"] == 0
 
 
 def test_shifted_spheres_match_analytic_distances():
