@@ -33,9 +33,9 @@ from .baselines import convex_hull, fill_between_slices, rbf_surface
 
 MAIN_METHOD = "DALS (per-vertex + contour blend)"  # what fit-contours does
 CURVE_METHODS = (MAIN_METHOD, "RBF thin-plate", "fill between slices (ITK)")
-# Plane k (0-based): axis and offset as a fraction of the organ's extent on that axis.
 # F@2% is also reported near the drawn planes, where interpolation is at its best, and far from them.
 NEAR_MM, FAR_MM = 10.0, 20.0
+# Plane k (0-based): axis and offset as a fraction of the organ's extent on that axis.
 PLANE_SCHEDULE = [(2, 0.0), (1, 0.0), (0, 0.0), (2, 0.25), (1, 0.25), (0, 0.25), (2, -0.25), (1, -0.25), (0, -0.25)]
 
 
