@@ -67,17 +67,18 @@ def surface_metrics(
     pred_to_ref = _point_to_surface(pred_points, ref)
     ref_to_pred = _point_to_surface(ref_points, pred)
     radius = float(ref.bounding_sphere.primitive.radius)
+    tau_2 = 0.02 * 2 * radius
     result = {
         "assd_mm": float(np.concatenate([pred_to_ref, ref_to_pred]).mean()),
         "hd95_mm": float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))),
         "hausdorff_mm": float(max(pred_to_ref.max(), ref_to_pred.max())),
         "fscore_1": _fscore(pred_to_ref, ref_to_pred, 0.01 * 2 * radius),
-        "fscore_2": _fscore(pred_to_ref, ref_to_pred, 0.02 * 2 * radius),
-        "fscore_2_box": _fscore(pred_to_ref, ref_to_pred, 0.02 * float(np.linalg.norm(np.ptp(ref.bounds, axis=0)))),
+        "fscore_2": _fscore(pred_to_ref, ref_to_pred, tau_2),
+        "fscore_2_box": _fscore(pred_to_ref, ref_to_pred, 0.02 * float(np.linalg.norm(ref.extents))),
         "chamfer_normalised": float(np.mean((pred_to_ref / radius) ** 2) + np.mean((ref_to_pred / radius) ** 2)),
     }
     for name, inside in (regions or {}).items():
-        result[f"fscore_2_{name}"] = _fscore(pred_to_ref[inside(pred_points)], ref_to_pred[inside(ref_points)], 0.04 * radius)
+        result[f"fscore_2_{name}"] = _fscore(pred_to_ref[inside(pred_points)], ref_to_pred[inside(ref_points)], tau_2)
     return result
 
 
