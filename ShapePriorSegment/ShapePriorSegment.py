@@ -1,28 +1,23 @@
 """ShapePriorSegment: a whole organ from a few contours, with a deep statistical shape prior.
 
 A thin 3D Slicer front end. The computation lives in the pip-installable core package
-``shapeprior`` beside this file; its Qt-free MRML bridge (``shapeprior.mrml.bridge``)
-reads the annotation from the scene and writes the model and segment back, and is
-tested with pytest against slicer-core. This file only wires the panel to it.
+``shapeprior`` beside this file; its Qt-free MRML bridge, the package ``shapeprior.mrml``
+(``nodes``, ``writer``, ``workflows``, ``scene``), reads the annotation from the scene and
+writes the model and segment back, and is tested with pytest against slicer-core. The
+module's Logic and parameter node, its sample data, fit requests, result texts and self-test
+are in ``ShapePriorSegmentLib``; this file only wires the panel to them.
 """
 
 import logging
 import os
 import sys
-from typing import Annotated
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLModelNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -32,11 +27,15 @@ if MODULE_DIR not in sys.path:  # the bundled core package sits beside this file
 from ShapePriorSegmentLib import (  # noqa: E402  (needs MODULE_DIR on sys.path)
     ANNOTATION_MODES,
     LOAD_MODEL_ITEM,
-    SAMPLE_CONTOURS,
     resourcePath,
 )
-from ShapePriorSegmentLib import ShapePriorSegmentLogic as LogicWithoutParameterNode  # noqa: E402
-from ShapePriorSegmentLib.logic import nodeId as _nodeId  # noqa: E402
+from ShapePriorSegmentLib.fitrequest import recordResult, startJob  # noqa: E402
+# The module's Logic with its typed parameter node (the panel's state, saved with the scene).
+from ShapePriorSegmentLib.parameters import ShapePriorSegmentLogic, ShapePriorSegmentParameterNode  # noqa: E402, F401
+from ShapePriorSegmentLib.results import residualRows, resultSummary, warningsText  # noqa: E402
+from ShapePriorSegmentLib.sampledata import registerSampleData  # noqa: E402
+# Slicer runs the self-test by this name from the module file ("Reload and Test", slicer_add_python_unittest).
+from ShapePriorSegmentLib.selftest import ShapePriorSegmentTest  # noqa: E402, F401
 
 
 #
@@ -52,7 +51,7 @@ class ShapePriorSegment(ScriptedLoadableModule):
         self.parent.title = _("Shape Prior Segment")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["ShapePriorSegment developers"]
+        self.parent.contributors = ["ShapePriorSegment developers (ShapePriorSegment)"]
         self.parent.helpText = _("""
 Delineate a whole organ from a few contours. Draw closed curves on a few slices of at
 least two different views (for example one axial, one sagittal and one coronal), or paint
@@ -67,45 +66,14 @@ colors the surface by its distance to the annotation.
 The shape priors follow <i>Deep Active Latent Surfaces for Medical Geometries</i> (DALS, 2022)
 and <i>Deep Implicit Statistical Shape Models for 3D Medical Image Delineation</i>
 (DISSM; Raju et al., AAAI 2022). The bundled liver model was trained on surfaces from
-AMOS: A Large-Scale Abdominal Multi-Organ Benchmark (Ji et al., NeurIPS 2022), CC BY 4.0.
+AMOS: A Large-Scale Abdominal Multi-Organ Benchmark (Ji et al., NeurIPS 2022) and is shared under
+CC BY 4.0; the hippocampus model on the Medical Segmentation Decathlon Task04 (Simpson et al. 2019;
+Antonelli et al. 2022) and is shared under CC BY-SA 4.0. The code is under the Apache License 2.0.
 """)
         iconPath = resourcePath("Icons/ShapePriorSegment.png")
         if os.path.isfile(iconPath):  # the source tree keeps Resources one folder up
             self.parent.icon = qt.QIcon(iconPath)
-
-
-#
-# ShapePriorSegmentParameterNode
-#
-
-
-@parameterNodeWrapper
-class ShapePriorSegmentParameterNode:
-    """The panel's state, saved with the scene.
-
-    inputVolume - image the organ is delineated on (grid of the segment's labelmap).
-    model - a bundled model's organ name, or the path of a .pt model bundle.
-    annotationMode - "curves", "painted" (Segment Editor strokes) or "mask" (CNN mask).
-    outputSegmentation - receives the fitted segment (none: a new segmentation).
-    level, globalSteps, vertexSteps, smoothness - fit settings.
-    contourBlend - width (mm) of the blend that makes the surface pass through drawn contours (0: off).
-    colorByDistance - color the fitted surface by its distance to the annotation.
-    resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
-    """
-
-    inputVolume: vtkMRMLScalarVolumeNode
-    model: str = "liver"
-    annotationMode: Annotated[str, Choice(list(ANNOTATION_MODES))] = "curves"
-    outputSegmentation: vtkMRMLSegmentationNode
-    level: Annotated[int, WithinRange(2, 6)] = 4
-    globalSteps: Annotated[int, WithinRange(1, 2000)] = 100
-    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 50
-    smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
-    contourBlend: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
-    colorByDistance: bool = True
-    resultModel: vtkMRMLModelNode
-    resultSegmentation: vtkMRMLSegmentationNode
-    resultSegmentName: str = ""
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 #
@@ -170,6 +138,8 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.addContourButton.connect("clicked(bool)", self.onAddContourButton)
         self.ui.colorByDistanceCheckBox.connect("toggled(bool)", self.onColorByDistance)
+        self.ui.outputSegmentationSelector.connect(
+            "currentNodeChanged(vtkMRMLNode*)", self.ui.segmentationShow3DButton.setSegmentationNode)
 
         self.initializeParameterNode()
 
@@ -184,9 +154,9 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.setParameterNode(None)
 
     def onReload(self) -> None:
-        """Developer mode: re-import the core package too."""
+        """Developer mode: re-import the core package and this module's Lib (Logic, self-test) too."""
         self._stopJob()
-        for name in [n for n in sys.modules if n == "shapeprior" or n.startswith("shapeprior.")]:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("shapeprior", "ShapePriorSegmentLib")]:
             del sys.modules[name]
         super().onReload()
 
@@ -322,12 +292,12 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return True
 
     def _annotationInputs(self) -> dict:
+        """The annotation's nodes in the selectors; the curves' names label the residuals."""
         mode = self._parameterNode.annotationMode
         if mode == "curves":
             nodes = self.ui.contourNodesComboBox.checkedNodes()
             self._jobCurveNames = [node.GetName() for node in nodes]
             return {"curveNodes": nodes}
-        self._jobCurveNames = []
         if mode == "painted":
             selector = self.ui.paintedSegmentSelector
             return {"segmentationNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
@@ -335,22 +305,6 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return {"maskNode": self.ui.maskLabelmapSelector.currentNode()}
         selector = self.ui.maskSegmentSelector
         return {"maskNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
-
-    def _outputOptions(self, refit: bool):
-        """Where the result goes; None if the user cancelled the question about an existing segment."""
-        p = self._parameterNode
-        options = {"reference_volume_id": _nodeId(p.inputVolume)}
-        if refit and p.resultModel and p.resultSegmentation:
-            return {**options, "model_node_id": p.resultModel.GetID(), "segmentation_node_id": p.resultSegmentation.GetID(),
-                    "segment_name": p.resultSegmentName, "replace": True}
-        organ = self.logic.modelOrgan(p.model)
-        options.update(segmentation_node_id=_nodeId(p.outputSegmentation), replace=False)
-        if p.outputSegmentation and self.logic.segmentNameTaken(p.outputSegmentation, organ):
-            replace = self._askReplace(p.outputSegmentation.GetName(), organ)
-            if replace is None:
-                return None
-            options["replace"] = replace
-        return options
 
     def _askReplace(self, segmentationName: str, segmentName: str):
         """True: replace the segment; False: keep both; None: cancel."""
@@ -372,26 +326,14 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             with slicer.util.tryWithErrorDisplay(_("Could not start the fit."), waitCursor=True):
                 if not self._ensureDependencies():
                     return
-                p = self._parameterNode
-                if p.annotationMode in ("image", "mask"):
-                    inputs = self._annotationInputs() if p.annotationMode == "mask" else {}
-                    outputs = self._outputOptions(refit=False)
-                    if outputs is None:
-                        return
-                    self._jobOutputs, self._jobCurveNames = outputs, []
-                    if p.annotationMode == "image":
-                        self._job = self.logic.startImageFit(p.inputVolume, p.model)
-                    else:
-                        self._job = self.logic.startMaskRefinement(model=p.model, **inputs)
-                else:
-                    annotation = self.logic.readAnnotation(p.annotationMode, **self._annotationInputs())
-                    outputs = self._outputOptions(refit)
-                    if outputs is None:
-                        return
-                    self._jobOutputs = outputs
-                    self._job = self.logic.startFit(annotation, p.model, self.logic.fitSettings(p))
+                self._jobCurveNames = []
+                started = startJob(self.logic, self._parameterNode, self._annotationInputs, refit, self._askReplace)
+                if started is None:
+                    return
+                self._job, self._jobOutputs = started
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = _("Loading the shape model...")
+                self.ui.warningsLabel.text = ""
                 self._pollTimer.start()
         finally:
             self._checkCanFit()
@@ -430,34 +372,21 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _showResult(self, result: dict) -> None:
         p = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
-        p.resultModel = slicer.mrmlScene.GetNodeByID(result["model_node_id"])
-        p.resultSegmentation = slicer.mrmlScene.GetNodeByID(result["segmentation_node_id"])
-        p.resultSegmentName = result["segment_name"]
-        if not p.outputSegmentation:
-            p.outputSegmentation = p.resultSegmentation
+        recordResult(p, result, slicer.mrmlScene)
         self.logic.setDistanceColoring(p.resultModel, p.colorByDistance)
         report = result["report"]
-        residuals = report.get("residuals", [])
-        self._showResiduals(residuals)
-        text = _("Fitted {organ} in {seconds:.1f} s: segment '{segment}'.").format(
-            organ=report["organ"], seconds=report["seconds"], segment=result["segment_name"])
-        if residuals:
-            text += " " + _("Contour residual mean {mean:.1f} mm, max {max:.1f} mm.").format(
-                mean=sum(r["mean_mm"] for r in residuals) / len(residuals), max=max(r["max_mm"] for r in residuals))
-        self.ui.statusLabel.text = text
+        self._showResiduals(residualRows(report.get("residuals", []), self._jobCurveNames))
+        self.ui.statusLabel.text = resultSummary(result)
         self.ui.progressBar.value = 100
-        if report["warnings"]:
-            for warning in report["warnings"]:
-                logging.warning(warning)
-            slicer.util.warningDisplay("\n\n".join(report["warnings"]), windowTitle=_("Shape fit"))
+        # In the panel, not in a pop-up: they stay beside the result while the user looks at it.
+        for warning in report["warnings"]:
+            logging.warning(warning)
+        self.ui.warningsLabel.text = warningsText(report["warnings"])
 
-    def _showResiduals(self, residuals: list) -> None:
+    def _showResiduals(self, rows: list) -> None:
         table = self.ui.residualsTable
-        table.setRowCount(len(residuals))
-        for row, residual in enumerate(residuals):
-            index = residual["curve"] - 1
-            name = self._jobCurveNames[index] if index < len(self._jobCurveNames) else str(residual["curve"])
-            cells = [name, str(residual["plane"]), f"{residual['mean_mm']:.2f}", f"{residual['max_mm']:.2f}"]
+        table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
             for column, text in enumerate(cells):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
         table.resizeColumnsToContents()
@@ -465,53 +394,3 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onColorByDistance(self, on: bool) -> None:
         if self._parameterNode and self._parameterNode.resultModel:
             self.logic.setDistanceColoring(self._parameterNode.resultModel, on)
-
-
-#
-# ShapePriorSegmentLogic
-#
-
-
-class ShapePriorSegmentLogic(LogicWithoutParameterNode):
-    """The Logic of ``ShapePriorSegmentLib`` (importable and tested outside Slicer) plus this
-    module's typed parameter node."""
-
-    def getParameterNode(self):
-        return ShapePriorSegmentParameterNode(super().getParameterNode())
-
-
-#
-# ShapePriorSegmentTest
-#
-
-
-class ShapePriorSegmentTest(ScriptedLoadableModuleTest):
-    """Self-test: the bundled sample contours through the Logic, in a real Slicer."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_SampleContoursGiveModelAndSegment()
-
-    def test_SampleContoursGiveModelAndSegment(self):
-        self.delayDisplay("Loading the sample contours")
-        logic = ShapePriorSegmentLogic()
-        logic.ensureDependencies()
-        curveNodes = logic.loadSampleContours()
-        self.assertGreaterEqual(len(curveNodes), 3)
-
-        self.delayDisplay("Fitting the liver model")
-        from shapeprior.fit.dals_fit import FitSettings
-
-        result = logic.process(curveNodes, "liver", settings=FitSettings(level=3, global_steps=20, vertex_steps=20))
-        model = slicer.mrmlScene.GetNodeByID(result["model_node_id"])
-        self.assertGreater(model.GetPolyData().GetNumberOfPoints(), 100)
-        segmentation = slicer.mrmlScene.GetNodeByID(result["segmentation_node_id"]).GetSegmentation()
-        segment = segmentation.GetSegment(result["segment_id"])
-        self.assertIsNotNone(segment)
-        self.assertEqual(segment.GetName(), "liver")
-        self.assertEqual(segmentation.GetSourceRepresentationName(), "Closed surface")
-        self.assertEqual(len(result["report"]["residuals"]), len(curveNodes))
-        self.delayDisplay("Test passed")

@@ -2,10 +2,10 @@
 
 In Slicer it works on the application's scene; with the PyPI package slicer-core
 (tests, scripts) it takes any ``vtkMRMLScene``. The MRML work itself is in the core's
-Qt-free bridge (``shapeprior.mrml.bridge``).
+Qt-free MRML bridge (``shapeprior.mrml``).
 """
 
-import importlib
+import json
 import os
 
 import slicer
@@ -22,14 +22,8 @@ except ImportError:  # slicer-core: MRML without the application
             pass
 
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Python packages of the core that Slicer does not bundle (numpy, SimpleITK and VTK come
-# with Slicer); kept equal to pyproject.toml by a test. torch is installed through the PyTorch extension when that is present.
-PIP_REQUIREMENTS = [
-    "scipy>=1.10", "trimesh>=4.0", "fast-simplification>=0.1", "pycpd>=2.0", "scikit-image>=0.21", "libigl>=2.5",
-    "tqdm>=4.60", "monai>=1.3",
-]
-TORCH_REQUIREMENT = "torch>=2.1"
 SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
+SAMPLE_PAINTED = "SampleData/liver-painted.nii.gz"
 LOAD_MODEL_ITEM = "Load model file..."
 ANNOTATION_MODES = ("curves", "painted", "mask", "image")
 # The model kinds each mode can use, and the bundled model to switch to when the chosen one is of
@@ -51,10 +45,23 @@ def nodeId(node):
     return node.GetID() if node else None
 
 
+def readRequirements(path: str) -> list:
+    """The requirements of a requirements.txt, skipping what ``slicer.packaging.load_requirements``
+    skips (comments, blank lines, pip options)."""
+    with open(path) as file:
+        lines = [line.strip() for line in file]
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
+
+# The core's Python packages that Slicer does not bundle (a test keeps them equal to pyproject.toml's).
+# torch is listed first: it comes through the PyTorch extension when that is installed.
+TORCH_REQUIREMENT, *PIP_REQUIREMENTS = readRequirements(resourcePath("requirements.txt"))
+
+
 class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, without GUI: usable from Slicer's Python console.
 
-    The MRML work is in the Qt-free bridge ``shapeprior.mrml.bridge``; the core is
+    The MRML work is in the Qt-free bridge ``shapeprior.mrml``; the core is
     imported lazily because its dependencies may not be installed yet.
     """
 
@@ -87,7 +94,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         return missing
 
     def ensureDependencies(self) -> None:
-        """Install what is missing: torch through the PyTorch extension if present, the rest with pip."""
+        """Install what is missing, without asking (the panel asks first): torch through the PyTorch
+        extension if present, the rest with pip."""
         missing = self.missingDependencies()
         if TORCH_REQUIREMENT in missing:
             self._installTorch()
@@ -111,18 +119,14 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _pipEnsure(requirements: list) -> None:
-        """``pip_ensure`` (slicer.packaging, Slicer >= 5.12; slicer.pydeps in 5.11), else ``pip_install``."""
-        for moduleName in ("slicer.packaging", "slicer.pydeps"):
-            try:
-                pipModule = importlib.import_module(moduleName)
-            except ImportError:
-                continue
-            if hasattr(pipModule, "pip_ensure"):
-                from packaging.requirements import Requirement
-
-                pipModule.pip_ensure([Requirement(r) for r in requirements], requester="ShapePriorSegment")
-                return
-        slicer.util.pip_install(requirements)
+        """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) without its own prompt, since the
+        panel has asked already; ``pip_install`` in older Slicer."""
+        try:
+            from slicer import packaging
+        except ImportError:
+            slicer.util.pip_install(requirements)
+            return
+        packaging.pip_ensure(requirements, prompt_install=False, requester="ShapePriorSegment")
 
     # ---------------------------------------------------------------- models
 
@@ -160,7 +164,7 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def fitSettings(parameterNode):
-        from shapeprior.fit.dals_fit import FitSettings
+        from shapeprior.settings import FitSettings
 
         return FitSettings(
             level=parameterNode.level, global_steps=parameterNode.globalSteps,
@@ -172,36 +176,36 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
 
     def readAnnotation(self, mode: str, curveNodes=(), segmentationNode=None, segmentId=None):
         """Read a curve or painted annotation from the scene (main thread) into plain arrays for the worker."""
-        from shapeprior.mrml import bridge
+        from shapeprior import mrml
 
         scene = self.scene
         if mode == "curves":
-            return bridge.read_curve_annotation(scene, [node.GetID() for node in curveNodes])
+            return mrml.read_curve_annotation(scene, [node.GetID() for node in curveNodes])
         if mode == "painted":
-            return bridge.read_painted_segment_annotation(scene, nodeId(segmentationNode), segmentId)
+            return mrml.read_painted_segment_annotation(scene, nodeId(segmentationNode), segmentId)
         raise ValueError(f"unknown annotation mode {mode!r}")
 
     @staticmethod
     def startFit(annotation, model: str, settings):
         """Start fitting in a worker thread; poll the returned job, then call :meth:`finishFit`."""
-        from shapeprior.mrml.bridge import FitJob
+        from shapeprior.mrml import fit_job
 
-        return FitJob(annotation, model, settings).start()
+        return fit_job(annotation, model, settings).start()
 
     def startImageFit(self, volumeNode, model: str = "hippocampus"):
         """Start an image (DISSM) fit of a volume in a worker thread; poll the job, then :meth:`finishFit`."""
-        from shapeprior.mrml import bridge
+        from shapeprior import mrml
 
-        image = bridge.read_volume_image(self.scene, nodeId(volumeNode))
-        return bridge.ImageFitJob(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode)).start()
+        image = mrml.read_volume_image(self.scene, nodeId(volumeNode))
+        return mrml.image_fit_job(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode)).start()
 
     def startMaskRefinement(self, maskNode, segmentId=None, model: str = "liver"):
         """Start refining a CNN mask (labelmap node, or a segment of a segmentation node) in a worker
         thread; poll the returned job, then call :meth:`finishFit`."""
-        from shapeprior.mrml import bridge
+        from shapeprior import mrml
 
-        mask, source, _ = bridge.read_mask_node(self.scene, nodeId(maskNode), segmentId)
-        return bridge.MaskRefineJob(mask, source, model).start()
+        mask, source, _ = mrml.read_mask_node(self.scene, nodeId(maskNode), segmentId)
+        return mrml.mask_refine_job(mask, source, model).start()
 
     def finishFit(self, job, **outputs):
         """Write a finished job's result to the scene (main thread); None if it was cancelled.
@@ -209,36 +213,31 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         ``outputs``: segmentation_node_id, model_node_id, segment_name, replace, reference_volume_id.
         """
         from shapeprior.fit.dals_fit import FitCancelled
-        from shapeprior.mrml import bridge
+        from shapeprior.mrml import add_outcome_to_scene
 
         try:
-            fit = job.result()
+            outcome = job.result()
         except FitCancelled:
             return None
-        if isinstance(job, bridge.ImageFitJob):
-            outputs.setdefault("reference_volume_id", job.volume_node_id)
-            return bridge.add_image_fit_to_scene(self.scene, fit, job.bundle, job.source, **outputs)
-        if isinstance(job, bridge.MaskRefineJob):
-            return bridge.add_refinement_to_scene(self.scene, fit, **outputs)
-        return bridge.add_fit_to_scene(self.scene, fit, job.annotation, **outputs)
+        return add_outcome_to_scene(self.scene, outcome, **{**job.outputs, **outputs})
 
     def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,
                 settings=None, progress=None, shouldStop=None) -> dict:
         """Fit closed-curve nodes synchronously; returns the node ids and the report."""
-        from shapeprior.fit.dals_fit import FitSettings
-        from shapeprior.mrml import bridge
+        from shapeprior.mrml import fit_contours_in_scene
+        from shapeprior.settings import FitSettings
 
-        return bridge.fit_contours_in_scene(
-            self.scene, [node.GetID() for node in curveNodes], model, nodeId(outputSegmentationNode),
-            settings or FitSettings(), progress, shouldStop, reference_volume_id=nodeId(referenceVolumeNode),
+        return fit_contours_in_scene(
+            self.scene, [node.GetID() for node in curveNodes], model, settings or FitSettings(), progress, shouldStop,
+            segmentation_node_id=nodeId(outputSegmentationNode), reference_volume_id=nodeId(referenceVolumeNode),
         )
 
     def processImage(self, volumeNode, model: str = "hippocampus", stages=None, progress=None,
                      shouldStop=None, outputSegmentationNode=None) -> dict:
         """Fit an image-fitting (DISSM) model straight to a volume; returns the node ids and the report."""
-        from shapeprior.mrml import bridge
+        from shapeprior.mrml import fit_image_in_scene
 
-        return bridge.fit_image_in_scene(
+        return fit_image_in_scene(
             self.scene, nodeId(volumeNode), model, stages, progress, shouldStop,
             segmentation_node_id=nodeId(outputSegmentationNode),
         )
@@ -246,9 +245,9 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
     def processMask(self, maskNode, segmentId=None, model: str = "liver", progress=None, shouldStop=None,
                     outputSegmentationNode=None) -> dict:
         """Refine a CNN mask with a shape prior synchronously; returns the node ids and the report."""
-        from shapeprior.mrml import bridge
+        from shapeprior.mrml import refine_mask_in_scene
 
-        return bridge.refine_mask_in_scene(
+        return refine_mask_in_scene(
             self.scene, nodeId(maskNode), model, segmentId, progress=progress, should_stop=shouldStop,
             segmentation_node_id=nodeId(outputSegmentationNode),
         )
@@ -289,15 +288,40 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         if display:
             display.SetScalarVisibility(bool(on))
 
-    def loadSampleContours(self) -> list:
-        """Add the bundled sample contours to the scene as closed-curve nodes; return them."""
-        from shapeprior.io.markups import read_closed_curves
-        from shapeprior.mrml.bridge import add_closed_curves
+    # The sample loads with MRML's own readers, without the core's dependencies: a new user can
+    # try it before the first fit installs them.
 
+    def loadSampleContours(self) -> list:
+        """Add the bundled sample contours (three closed curves of a liver) to the scene; return them."""
         path = resourcePath(SAMPLE_CONTOURS)
-        curves = read_closed_curves(path)
-        ids = add_closed_curves(self.scene, curves, [f"liver contour {i + 1}" for i in range(len(curves))])
-        return [self.scene.GetNodeByID(i) for i in ids]
+        with open(path) as file:
+            count = len(json.load(file)["markups"])
+        # A storage node per curve and no file name, as Slicer's markups reader does for a file of
+        # several markups: saving the scene writes each curve to a new file of its own.
+        return [
+            self.scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode").AddNewMarkupsNodeFromFile(path, "", index)
+            for index in range(count)
+        ]
+
+    def loadSamplePainted(self):
+        """Add the bundled painted sample (the liver painted on three slices) as a segmentation whose
+        one segment is named liver; return the segmentation node."""
+        name = self.scene.GenerateUniqueName("liver painted")
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        # The storage node stays out of the scene, so saving the scene never writes into the extension's files.
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(resourcePath(SAMPLE_PAINTED))
+        if not storage.ReadData(segmentation):
+            self.scene.RemoveNode(segmentation)
+            raise RuntimeError(_("Could not read the sample {path}").format(path=storage.GetFileName()))
+        segmentation.CreateDefaultDisplayNodes()
+        # The fit warns when the model's organ is not in the painted segment's name.
+        segmentation.GetSegmentation().GetNthSegment(0).SetName("liver")
+        return segmentation
+
+    def loadSample(self) -> tuple:
+        """The sample case: (the contour nodes, the painted segmentation node)."""
+        return self.loadSampleContours(), self.loadSamplePainted()
 
     def _nodesByClass(self, className: str) -> list:
         collection = self.scene.GetNodesByClass(className)

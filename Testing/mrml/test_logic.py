@@ -72,7 +72,7 @@ def test_cli_out_scene_reloads_with_the_fitted_geometry(tiny_model, tmp_path):
 def test_logic_fits_an_image_volume_with_a_dissm_model(image_dataset):
     import SimpleITK as sitk
 
-    from shapeprior.mrml.bridge import add_volume_node
+    from shapeprior.mrml import add_volume_node
 
     scene = new_scene()
     logic = ShapePriorSegmentLogic(scene)
@@ -106,7 +106,7 @@ def test_fit_image_out_scene_holds_the_image_model_and_segmentation(image_datase
 def test_logic_image_fit_in_the_background_and_its_cancel(image_dataset):
     import SimpleITK as sitk
 
-    from shapeprior.mrml.bridge import add_volume_node
+    from shapeprior.mrml import add_volume_node
 
     scene = new_scene()
     logic = ShapePriorSegmentLogic(scene)
@@ -118,10 +118,10 @@ def test_logic_image_fit_in_the_background_and_its_cancel(image_dataset):
     assert len(nodes_by_class(scene, "vtkMRMLModelNode")) == 1
 
     # Cancelled before its first step (the panel's Cancel): nothing is added.
-    from shapeprior.mrml.bridge import ImageFitJob, read_volume_image
+    from shapeprior.mrml import image_fit_job, read_volume_image
 
     before = scene.GetNumberOfNodes()
-    job = ImageFitJob(read_volume_image(scene, volume.GetID()), "T1", str(image_dataset["refined"]),
+    job = image_fit_job(read_volume_image(scene, volume.GetID()), "T1", str(image_dataset["refined"]),
                       volume_node_id=volume.GetID())
     job.cancel()
     assert logic.finishFit(job.start()) is None
@@ -132,7 +132,7 @@ def test_logic_refines_a_cnn_mask_in_the_background_and_its_cancel(image_dataset
     import SimpleITK as sitk
 
     from shapeprior.io import read_mask
-    from shapeprior.mrml.bridge import MaskRefineJob, add_labelmap_node
+    from shapeprior.mrml import mask_refine_job, add_labelmap_node
 
     scene = new_scene()
     logic = ShapePriorSegmentLogic(scene)
@@ -146,7 +146,7 @@ def test_logic_refines_a_cnn_mask_in_the_background_and_its_cancel(image_dataset
     assert sitk.GetArrayViewFromImage(mask).sum() > 0
 
     before = scene.GetNumberOfNodes()
-    job = MaskRefineJob(mask, "cnn blob", str(image_dataset["dissm"]))
+    job = mask_refine_job(mask, "cnn blob", str(image_dataset["dissm"]))
     job.cancel()
     assert logic.finishFit(job.start()) is None
     assert job.cancelled and scene.GetNumberOfNodes() == before

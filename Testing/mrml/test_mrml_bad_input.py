@@ -11,7 +11,7 @@ import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 
 from shapeprior.errors import InputError  # noqa: E402
-from shapeprior.mrml import bridge  # noqa: E402
+from shapeprior import mrml as bridge  # noqa: E402
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import vtk  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 from vtkmodules.util import numpy_support  # noqa: E402
 
-from shapeprior.mrml import bridge  # noqa: E402
+from shapeprior import mrml as bridge  # noqa: E402
+from shapeprior.fit.contours import group_planes  # noqa: E402
 
 
 @pytest.fixture
@@ -24,16 +25,16 @@ def test_model_and_segment_match_the_core_fit(fitted, core_fit):
     scene, out = fitted
     model = scene.GetNodeByID(out["model_node_id"])
     mesh = bridge.polydata_to_mesh(model.GetPolyData())
-    np.testing.assert_allclose(mesh.vertices, core_fit.result.mesh.vertices, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(mesh.faces, core_fit.result.mesh.faces)
+    np.testing.assert_allclose(mesh.vertices, core_fit.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(mesh.faces, core_fit.mesh.faces)
 
     segmentation = scene.GetNodeByID(out["segmentation_node_id"]).GetSegmentation()
     assert segmentation.GetSourceRepresentationName() == bridge.CLOSED_SURFACE
     segment = segmentation.GetSegment(out["segment_id"])
     assert segment.GetName() == "liver" == out["segment_name"]
     surface = bridge.polydata_to_mesh(segment.GetRepresentation(bridge.CLOSED_SURFACE))
-    np.testing.assert_allclose(surface.vertices, core_fit.result.mesh.vertices, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(surface.faces, core_fit.result.mesh.faces)
+    np.testing.assert_allclose(surface.vertices, core_fit.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(surface.faces, core_fit.mesh.faces)
 
     assert out["report"]["residuals"] == core_fit.report["residuals"]
     # The core's warnings (curves the tiny model's short fit misses) and none of the scene's own.
@@ -44,8 +45,8 @@ def test_model_is_coloured_by_distance_to_the_curves(fitted, core_fit):
     scene, out = fitted
     model = scene.GetNodeByID(out["model_node_id"])
     distances = numpy_support.vtk_to_numpy(model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY))
-    dense = np.concatenate([c for plane in core_fit.planes for c in plane.curves])
-    expected, _ = cKDTree(dense).query(core_fit.result.mesh.vertices)
+    dense = np.concatenate([c for plane in group_planes(core_fit.curves) for c in plane.curves])
+    expected, _ = cKDTree(dense).query(core_fit.mesh.vertices)
     np.testing.assert_allclose(distances, expected, atol=1e-4)
     display = model.GetDisplayNode()
     assert display.GetActiveScalarName() == bridge.DISTANCE_ARRAY and display.GetScalarVisibility()
@@ -56,7 +57,7 @@ def test_model_is_coloured_by_distance_to_the_curves(fitted, core_fit):
 
 
 def test_ras_lps_is_a_rotation_faces_keep_their_orientation(core_fit):
-    mesh = core_fit.result.mesh
+    mesh = core_fit.mesh
     poly = bridge.surface_polydata(mesh)
     ras = numpy_support.vtk_to_numpy(poly.GetPoints().GetData())
     np.testing.assert_array_equal(ras, mesh.vertices * [-1, -1, 1])

@@ -10,9 +10,8 @@ pytest.importorskip("slicer_core", reason="needs the slicer-core wheel (real MRM
 
 
 def test_image_node_fit_matches_the_core_and_adds_one_model_and_segment(scene, image_dataset, mrml):
-    from shapeprior.fit.image_fit import DISSMModel, fit_image
-    from shapeprior.models.bundle import load_bundle
-    from shapeprior.mrml.bridge import add_volume_node, fit_image_in_scene, polydata_to_mesh, read_volume_image
+    from shapeprior.fit.image_fit import fit_image
+    from shapeprior.mrml import add_volume_node, fit_image_in_scene, polydata_to_mesh, read_volume_image
 
     image = sitk.ReadImage(str(image_dataset["images"] / "case_03.nii.gz"))
     volume_id = add_volume_node(scene, image, "T1")
@@ -26,7 +25,7 @@ def test_image_node_fit_matches_the_core_and_adds_one_model_and_segment(scene, i
     assert out["model_node_id"] in added and out["segmentation_node_id"] in added
     assert [s["stage"] for s in out["report"]["stages"]][-1] == "refine"
 
-    core = fit_image(DISSMModel.from_bundle(load_bundle(image_dataset["refined"], kind="dissm")), image)
+    core = fit_image(image, image_dataset["refined"])
     mesh_lps = polydata_to_mesh(scene.GetNodeByID(out["model_node_id"]).GetPolyData())
     assert np.allclose(mesh_lps.vertices, core.mesh.vertices, atol=1e-3)  # RAS in the scene, LPS back out
     segmentation = scene.GetNodeByID(out["segmentation_node_id"])
@@ -35,7 +34,7 @@ def test_image_node_fit_matches_the_core_and_adds_one_model_and_segment(scene, i
 
 def test_image_node_with_nan_is_refused_and_nothing_is_added(scene, image_dataset, mrml):
     from shapeprior.errors import InputError
-    from shapeprior.mrml.bridge import add_volume_node, fit_image_in_scene
+    from shapeprior.mrml import add_volume_node, fit_image_in_scene
 
     image = sitk.ReadImage(str(image_dataset["images"] / "case_03.nii.gz"))
     array = sitk.GetArrayFromImage(image)

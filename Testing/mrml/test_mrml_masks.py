@@ -15,7 +15,7 @@ from vtk.util import numpy_support  # noqa: E402
 from shapeprior.fit.refine_mask import DISTANCE_ARRAY as MASK_DISTANCE_ARRAY  # noqa: E402
 from shapeprior.fit.run import fit_curves  # noqa: E402
 from shapeprior.io.labelmaps import painted_slice_contours  # noqa: E402
-from shapeprior.mrml import bridge  # noqa: E402
+from shapeprior import mrml as bridge  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_painted_segment_fit_matches_the_core(scene, oblique_mask, tiny_model, s
     out = bridge.fit_painted_segment_in_scene(scene, segmentation_id, segment_id, model=tiny_model, settings=settings)
     expected = fit_curves(painted_slice_contours(painted), tiny_model, settings)
     mesh = bridge.polydata_to_mesh(scene.GetNodeByID(out["model_node_id"]).GetPolyData())
-    np.testing.assert_allclose(mesh.vertices, expected.result.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(mesh.vertices, expected.mesh.vertices, atol=1e-4, rtol=0)
     assert out["segmentation_node_id"] != segmentation_id  # the painting is left as it is
     assert scene.GetNodeByID(segmentation_id).GetSegmentation().GetNumberOfSegments() == 1
     assert out["report"]["warnings"] == []

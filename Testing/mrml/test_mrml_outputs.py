@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("slicer_core", reason="needs the slicer-core wheel (real MRML)")
 
 from shapeprior.fit.dals_fit import FitCancelled, FitSettings  # noqa: E402
-from shapeprior.mrml import bridge  # noqa: E402
+from shapeprior import mrml as bridge  # noqa: E402
 
 
 def segment_names(scene, segmentation_id: str) -> list[str]:
@@ -19,7 +19,7 @@ def segment_names(scene, segmentation_id: str) -> list[str]:
 
 
 def test_segments_are_never_overwritten_unless_asked(scene, core_fit, liver_curves):
-    mesh = core_fit.result.mesh
+    mesh = core_fit.mesh
     first = bridge.add_surface_to_scene(scene, mesh, "liver")
     seg_id = first["segmentation_node_id"]
     second = bridge.add_surface_to_scene(scene, mesh, "liver", segmentation_node_id=seg_id)
@@ -47,27 +47,27 @@ def test_segments_are_never_overwritten_unless_asked(scene, core_fit, liver_curv
 def test_labelmap_source_segmentation_keeps_its_source_and_warns(scene, core_fit):
     painting = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "painting")
     painting.GetSegmentation().AddEmptySegment("", "other")
-    out = bridge.add_surface_to_scene(scene, core_fit.result.mesh, "liver", segmentation_node_id=painting.GetID())
+    out = bridge.add_surface_to_scene(scene, core_fit.mesh, "liver", segmentation_node_id=painting.GetID())
     assert painting.GetSegmentation().GetSourceRepresentationName() == "Binary labelmap"
     assert "voxelised" in out["warnings"][0]
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
-    out = bridge.add_surface_to_scene(scene, core_fit.result.mesh, "liver", segmentation_node_id=empty.GetID())
+    out = bridge.add_surface_to_scene(scene, core_fit.mesh, "liver", segmentation_node_id=empty.GetID())
     assert empty.GetSegmentation().GetSourceRepresentationName() == bridge.CLOSED_SURFACE and out["warnings"] == []
 
 
 def test_a_failure_while_writing_leaves_no_half_made_nodes(scene, core_fit, monkeypatch, mrml):
-    existing = bridge.add_surface_to_scene(scene, core_fit.result.mesh, "liver")
+    existing = bridge.add_surface_to_scene(scene, core_fit.mesh, "liver")
     before = mrml.node_ids(scene)
     old_poly = scene.GetNodeByID(existing["model_node_id"]).GetPolyData()
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(bridge, "_add_segment", broken)
+    monkeypatch.setattr(bridge.writer, "_add_segment", broken)
     with pytest.raises(RuntimeError):
-        bridge.add_surface_to_scene(scene, core_fit.result.mesh, "liver")
+        bridge.add_surface_to_scene(scene, core_fit.mesh, "liver")
     with pytest.raises(RuntimeError):
-        bridge.add_surface_to_scene(scene, core_fit.result.mesh, "liver", model_node_id=existing["model_node_id"])
+        bridge.add_surface_to_scene(scene, core_fit.mesh, "liver", model_node_id=existing["model_node_id"])
     assert mrml.node_ids(scene) == before
     assert scene.GetNodeByID(existing["model_node_id"]).GetPolyData() is old_poly
 
@@ -89,7 +89,7 @@ def test_cancel_mid_fit_adds_nothing(scene, tiny_model, settings, liver_curves, 
 def test_fit_job_reports_progress_and_cancels_within_a_second(scene, tiny_model, liver_curves, mrml):
     annotation = bridge.read_curve_annotation(scene, bridge.add_closed_curves(scene, liver_curves))
     before = mrml.node_ids(scene)
-    job = bridge.FitJob(annotation, tiny_model, FitSettings(level=2, global_steps=100000, vertex_steps=1)).start()
+    job = bridge.fit_job(annotation, tiny_model, FitSettings(level=2, global_steps=100000, vertex_steps=1)).start()
     deadline = time.monotonic() + 30
     while job.progress[0] == 0.0 and time.monotonic() < deadline:  # until the first step is done
         time.sleep(0.01)
@@ -104,9 +104,9 @@ def test_fit_job_reports_progress_and_cancels_within_a_second(scene, tiny_model,
 
 def test_fit_job_result_is_the_synchronous_fit(scene, tiny_model, settings, liver_curves, core_fit):
     annotation = bridge.read_curve_annotation(scene, bridge.add_closed_curves(scene, liver_curves))
-    job = bridge.FitJob(annotation, tiny_model, settings).start()
+    job = bridge.fit_job(annotation, tiny_model, settings).start()
     fit = job.result(timeout=60)
     assert job.done and job.progress == (1.0, "per-vertex latents")
-    out = bridge.add_fit_to_scene(scene, fit, annotation)
+    out = bridge.add_outcome_to_scene(scene, fit)
     mesh = bridge.polydata_to_mesh(scene.GetNodeByID(out["model_node_id"]).GetPolyData())
-    np.testing.assert_allclose(mesh.vertices, core_fit.result.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(mesh.vertices, core_fit.mesh.vertices, atol=1e-4, rtol=0)

@@ -14,7 +14,7 @@ import vtk  # noqa: E402
 from vtkmodules.util import numpy_support  # noqa: E402
 
 from shapeprior.errors import InputError  # noqa: E402
-from shapeprior.mrml import bridge  # noqa: E402
+from shapeprior import mrml as bridge  # noqa: E402
 from shapeprior.mrml.scene import nodes_by_class, read_scene_bundle, write_scene_bundle  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def volume_path(tmp_path_factory, helpers):
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, core_fit, liver_curves, volume_path):
     path = tmp_path_factory.mktemp("out") / "result.mrb"
-    written = write_scene_bundle(path, liver_curves, core_fit.result.mesh, "liver", volume_path, core_fit.report)
+    written = write_scene_bundle(path, core_fit, volume_path)
     assert written == path
     return path
 
@@ -57,8 +57,8 @@ def test_bundle_holds_volume_curves_model_and_segment(bundle, core_fit, liver_cu
 
     (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
     mesh = bridge.polydata_to_mesh(model.GetPolyData())
-    np.testing.assert_allclose(mesh.vertices, core_fit.result.mesh.vertices, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(mesh.faces, core_fit.result.mesh.faces)
+    np.testing.assert_allclose(mesh.vertices, core_fit.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(mesh.faces, core_fit.mesh.faces)
     distances = model.GetPolyData().GetPointData().GetArray(bridge.DISTANCE_ARRAY)
     assert distances is not None and numpy_support.vtk_to_numpy(distances).min() >= 0
 
@@ -67,28 +67,28 @@ def test_bundle_holds_volume_curves_model_and_segment(bundle, core_fit, liver_cu
     assert segmentation.GetSourceRepresentationName() == bridge.CLOSED_SURFACE
     assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "liver"
     surface = bridge.polydata_to_mesh(segmentation.GetNthSegment(0).GetRepresentation(bridge.CLOSED_SURFACE))
-    np.testing.assert_allclose(surface.vertices, core_fit.result.mesh.vertices, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(surface.vertices, core_fit.mesh.vertices, atol=1e-4, rtol=0)
 
     (report,) = nodes_by_class(scene, "vtkMRMLTextNode")
     assert report.GetName() == "liver fit report"
     assert json.loads(report.GetText())["residuals"] == json.loads(json.dumps(core_fit.report["residuals"]))
 
 
-def test_bundle_without_volume_or_report(tmp_path, core_fit, liver_curves):
-    path = write_scene_bundle(tmp_path / "plain.mrb", liver_curves, core_fit.result.mesh, "liver")
+def test_bundle_without_volume(tmp_path, core_fit, liver_curves):
+    path = write_scene_bundle(tmp_path / "plain.mrb", core_fit)
     scene = read_scene_bundle(path)
-    assert nodes_by_class(scene, "vtkMRMLScalarVolumeNode") == [] and nodes_by_class(scene, "vtkMRMLTextNode") == []
+    assert nodes_by_class(scene, "vtkMRMLScalarVolumeNode") == [] and len(nodes_by_class(scene, "vtkMRMLTextNode")) == 1
     assert len(nodes_by_class(scene, "vtkMRMLMarkupsClosedCurveNode")) == 3
 
 
 def test_bad_bundle_requests_write_nothing(tmp_path, core_fit, liver_curves, helpers):
     with pytest.raises(InputError, match="must end in .mrb"):
-        write_scene_bundle(tmp_path / "result.zip", liver_curves, core_fit.result.mesh, "liver")
+        write_scene_bundle(tmp_path / "result.zip", core_fit)
     with pytest.raises(InputError, match="no such file"):
-        write_scene_bundle(tmp_path / "r.mrb", liver_curves, core_fit.result.mesh, "liver", tmp_path / "missing.nii.gz")
+        write_scene_bundle(tmp_path / "r.mrb", core_fit, tmp_path / "missing.nii.gz")
     (tmp_path / "not-an-image.nii.gz").write_text("hello")
     with pytest.raises(InputError, match="not a volume Slicer can read"):
-        write_scene_bundle(tmp_path / "r.mrb", liver_curves, core_fit.result.mesh, "liver", tmp_path / "not-an-image.nii.gz")
+        write_scene_bundle(tmp_path / "r.mrb", core_fit, tmp_path / "not-an-image.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-an-image.nii.gz"]
     with pytest.raises(InputError, match="no such file"):
         read_scene_bundle(tmp_path / "missing.mrb")

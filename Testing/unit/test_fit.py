@@ -34,7 +34,8 @@ from shapeprior.fit.dals_fit import (
     initial_pose,
     laplacian_modes,
 )
-from shapeprior.fit.run import check_size, fit_curves, fit_points, read_point_cloud, residual_warnings
+from shapeprior.fit.run import check_size, fit_curves, fit_points, residual_warnings
+from shapeprior.io.points import read_point_cloud
 from shapeprior.geometry import icosphere
 from shapeprior.io import write_mesh
 from shapeprior.io.labelmaps import painted_slice_contours
@@ -498,11 +499,11 @@ def test_contour_fit_recovers_the_pose(tiny_model, target):
     fit = fit_curves(curves, tiny_model, FAST, "cut.mrk.json")
 
     size = float(mesh.bounding_sphere.primitive.radius)
-    metrics = surface_metrics(fit.result.mesh, mesh, num_points=5000)
+    metrics = surface_metrics(fit.mesh, mesh, num_points=5000)
     assert metrics["assd_mm"] < 0.03 * size, metrics
-    assert fit.result.pose.scale == pytest.approx(truth.scale, rel=0.10)
-    assert np.linalg.norm(fit.result.pose.translation - truth.translation) < 0.05 * size
-    assert fit.result.mesh.is_watertight and fit.result.mesh.volume > 0
+    assert fit.detail.pose.scale == pytest.approx(truth.scale, rel=0.10)
+    assert np.linalg.norm(fit.detail.pose.translation - truth.translation) < 0.05 * size
+    assert fit.mesh.is_watertight and fit.mesh.volume > 0
     residuals = fit.report["residuals"]
     assert [r["curve"] for r in residuals] == [1, 2, 3] and [r["plane"] for r in residuals] == [1, 2, 3]
     assert max(r["mean_mm"] for r in residuals) < 0.015 * size
@@ -528,14 +529,14 @@ def test_fit_is_reproducible_and_matches_fit_dals(tiny, tiny_model, target):
     settings = FitSettings(level=2, global_steps=5, vertex_steps=3, vertex_modes=8)
     decoder, mean = tiny
     direct = fit_dals(decoder, mean, lambda u: ContourTask(planes, settings.samples, u), settings)
-    again = fit_curves(curves, tiny_model, settings).result
+    again = fit_curves(curves, tiny_model, settings).detail
     blended = blend_with_contours(direct.mesh, planes, settings.contour_blend_mm)
     np.testing.assert_allclose(again.mesh.vertices, blended.vertices, atol=1e-4)
     np.testing.assert_allclose(again.pose.matrix(), direct.pose.matrix(), atol=1e-6)
     rows = contour_residuals(direct.mesh, planes)
     assert len(rows) == 3 and all(np.isfinite(r["mean_mm"]) and r["mean_mm"] <= r["max_mm"] for r in rows)
     # Without the blend, fit_curves is fit_dals.
-    unblended = fit_curves(curves, tiny_model, replace(settings, contour_blend_mm=0.0)).result
+    unblended = fit_curves(curves, tiny_model, replace(settings, contour_blend_mm=0.0)).detail
     np.testing.assert_allclose(unblended.mesh.vertices, direct.mesh.vertices, atol=1e-4)
 
 
@@ -546,9 +547,9 @@ def test_point_fit_recovers_the_pose(tiny_model, target):
     fit = fit_points(points, tiny_model, FAST, "points.xyz")
 
     size = float(mesh.bounding_sphere.primitive.radius)
-    assert surface_metrics(fit.result.mesh, mesh, num_points=5000)["assd_mm"] < 0.03 * size
-    assert fit.result.pose.scale == pytest.approx(truth.scale, rel=0.10)
-    assert fit.planes is None and "residuals" not in fit.report
+    assert surface_metrics(fit.mesh, mesh, num_points=5000)["assd_mm"] < 0.03 * size
+    assert fit.detail.pose.scale == pytest.approx(truth.scale, rel=0.10)
+    assert fit.curves == [] and "residuals" not in fit.report
 
 
 def test_task_losses_are_least_on_the_truth(target):

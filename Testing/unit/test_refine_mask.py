@@ -33,7 +33,7 @@ from shapeprior.prep.mask_distance import (
     prepare_mask,
     signed_distance_map,
 )
-from shapeprior.prep.surface import index_to_physical
+from shapeprior.io.frames import index_to_physical
 
 
 def _grid(size, spacing=1.0, centre=(0.0, 0.0, 0.0)) -> sitk.Image:
@@ -140,10 +140,10 @@ def test_fusion_follows_the_mask_where_it_agrees_and_the_prior_where_it_does_not
 def test_implicit_route_removes_a_leak(hippocampus_truth, one_torch_thread):
     leaky = failure_mask(hippocampus_truth, "leak", 1)
     refined = refine_mask(leaky, "hippocampus", "leaky.nii.gz")
-    before, after = mask_metrics(leaky, hippocampus_truth), mask_metrics(refined.segmentation, hippocampus_truth)
+    before, after = mask_metrics(leaky, hippocampus_truth), mask_metrics(refined.labelmap, hippocampus_truth)
     assert after["dice"] > before["dice"] + 0.03 and after["hd95_mm"] < before["hd95_mm"] / 2
     assert refined.report["route"] == "dissm" and refined.report["removed_ml"] > 0
-    assert len(refined.distances) == len(refined.mesh.vertices)
+    assert len(refined.vertex_data[DISTANCE_ARRAY]) == len(refined.mesh.vertices)
     assert refined.report["distance_to_mask_boundary_mm"]["max_abs"] > 2.0  # the leak's rim is reported
     (region, *_) = refined.report["distance_to_mask_boundary_mm"]["regions"]
     assert region["mean_distance_mm"] < 0 and "leaks" in region["reading"] and region["area_mm2"] > 5
@@ -169,7 +169,7 @@ def test_dals_route_completes_a_partial_liver_at_the_border(one_torch_thread):
     # The prior goes on above the scan: the surface reaches well beyond the last slice.
     last_slice_z = partial.TransformIndexToPhysicalPoint((0, 0, partial.GetSize()[2] - 1))[2]
     assert refined.mesh.vertices[:, 2].max() > last_slice_z + 15.0
-    assert mask_metrics(refined.segmentation, partial)["dice"] > 0.9
+    assert mask_metrics(refined.labelmap, partial)["dice"] > 0.9
 
 
 def test_refine_mask_command_writes_everything_and_fails_cleanly(hippocampus_truth, tmp_path, one_torch_thread):

@@ -22,13 +22,12 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..fit.contour_interpolation import plane_distances
 from ..fit.contours import Plane, group_planes
-from ..fit.dals_fit import FitSettings
 from ..fit.run import fit_planes
 from ..io import read_mesh
 from ..metrics import mesh_quality, self_intersection_fraction, surface_metrics
-from ..models.bundle import load_bundle
-from ..models.dals import decoder_from_bundle
+from ..models.registry import load_model
 from ..prep.surface import repair_mesh
+from ..settings import FitSettings
 from .baselines import convex_hull, fill_between_slices, rbf_surface
 
 MAIN_METHOD = "DALS (per-vertex + contour blend)"  # what fit-contours does
@@ -61,8 +60,7 @@ class Method:
 
 
 def dals_methods(model: str, settings: FitSettings) -> list[Method]:
-    bundle = load_bundle(model, kind="dals")
-    decoder, mean = decoder_from_bundle(bundle)
+    _, (decoder, mean) = load_model(model, kind="dals")
 
     def fitter(s: FitSettings) -> Callable[[list[Plane]], trimesh.Trimesh]:
         return lambda planes: fit_planes(decoder, mean, planes, s).mesh

@@ -18,13 +18,13 @@ import torch
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..fit.image_fit import DISSMModel, fit_image, state_from_record, state_mesh
+from ..fit.image_fit import fit_image, state_from_record, state_mesh
 from ..io import read_image, read_mask
 from ..io.labelmaps import mesh_to_labelmap
 from ..metrics import assd_voxel, dice, hd95_voxel, surface_distances_of_masks
-from ..models.bundle import load_bundle
+from ..models.registry import load_model
+from ..models.unet import segment
 from ..train.common import read_manifest
-from ..train.unet import segment, unet_from_bundle
 
 
 def mask_metrics(pred: sitk.Image, truth: sitk.Image, surface: bool = False) -> dict:
@@ -52,21 +52,20 @@ def held_out_cases(dataset: Path, names: list[str], limit: int | None) -> list[t
 
 def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int | None = None,
                   progress: bool = True) -> dict:
-    bundle = load_bundle(model, kind="dissm")
-    dissm = DISSMModel.from_bundle(bundle)
-    net = unet_from_bundle(load_bundle(unet, kind="unet")) if unet else None
+    bundle, dissm = load_model(model, kind="dissm")
+    net = load_model(unet, kind="unet")[1] if unet else None
     cases = held_out_cases(Path(dataset), bundle.metadata["sdf_training"]["held_out"], limit)
     rows = []
     for name, image_path, mask_path, labels in tqdm(cases, desc="benchmark", disable=not progress,
                                                      dynamic_ncols=True):
         image, truth = read_image(image_path), read_mask(mask_path, labels)
         start = time.perf_counter()
-        fit = fit_image(dissm, image, source=image_path)
+        fit = fit_image(image, (bundle, dissm), source=image_path)
         seconds = time.perf_counter() - start
-        for index, record in enumerate(fit.stages):
+        for index, record in enumerate(fit.detail):
             # Each stage's shape is scored; the last one is the fit's own output.
-            if index + 1 == len(fit.stages):
-                pred, took = fit.segmentation, seconds
+            if index + 1 == len(fit.detail):
+                pred, took = fit.labelmap, seconds
             else:
                 pred, took = mesh_to_labelmap(state_mesh(dissm, state_from_record(record)), image), None
             rows.append({"case": name, "method": f"DISSM +{record['stage']}", "seconds": took,

@@ -97,7 +97,7 @@ def _score(rows: list, setting: str, case: str, mask: sitk.Image, truth: sitk.Im
     start = time.perf_counter()
     refined = refine_mask(mask, model, f"{case} ({setting})", settings=settings)
     rows.append({"setting": setting, "case": case, "method": "refined", "seconds": time.perf_counter() - start,
-                 **mask_metrics(refined.segmentation, truth, surface=True)})
+                 **mask_metrics(refined.labelmap, truth, surface=True)})
 
 
 def run_benchmark(hippocampus_data: str | Path | None, unet: str | None, liver_meshes: str | Path | None,
@@ -110,9 +110,10 @@ def run_benchmark(hippocampus_data: str | Path | None, unet: str | None, liver_m
         held_out = bundle.metadata["sdf_training"]["held_out"]
         net = None
         if unet:
-            from ..train.unet import segment, unet_from_bundle
+            from ..models.registry import load_model
+            from ..models.unet import segment
 
-            net = unet_from_bundle(load_bundle(unet, kind="unet"))
+            net = load_model(unet, kind="unet")[1]
         for name, image_path, mask_path, labels in held_out_cases(Path(hippocampus_data), held_out, limit):
             def truth_of(mask_path=mask_path, labels=labels):
                 return read_mask(mask_path, labels)
@@ -208,7 +209,7 @@ def ct_example(folder: str | Path, figure: str | Path | None, model: str = "live
         from .overlay import overlay_png
 
         on_full = [sitk.Resample(mask, full, sitk.Transform(), sitk.sitkNearestNeighbor, 0),
-                   mesh_to_labelmap(refined.mesh, full), mesh_to_labelmap(refined.prior_mesh, full)]
+                   mesh_to_labelmap(refined.mesh, full), mesh_to_labelmap(refined.detail, full)]
         depth = mask.GetSize()[2]
         axial = [offset + round(f * (depth - 1)) for f in (0.15, 0.5, 0.85)]
         coronal = int(np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, 1].mean())

@@ -10,8 +10,8 @@ Two stages, each optimising the similarity pose (model unit sphere -> LPS mm) to
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Protocol
 
 import numpy as np
@@ -35,34 +35,13 @@ from ..geometry import (
     uniform_laplacian,
 )
 from ..models.dals import DALSDecoder
+from ..settings import FitSettings
 from ..transform import Similarity
 from .contours import Plane
 
 
 class FitCancelled(RuntimeError):
     """Raised inside a fit when its ``should_stop`` callback returns True."""
-
-
-@dataclass
-class FitSettings:
-    """Fit options; the defaults were chosen on held-out livers outside the benchmark subset."""
-
-    level: int = 4
-    global_steps: int = 100
-    vertex_steps: int = 50
-    lr: float = 1e-2
-    vertex_lr: float = 3e-3
-    lambda_reg: float = 0.01
-    lambda_dir: float = 1.0
-    lambda_normal: float = 0.02
-    lambda_latent: float = 1e-3  # weight of ||z - mean||^2 on the global latent (0: the latent is free)
-    laplacian_power: int = 2
-    vertex_modes: int = 16
-    vertex_pose: bool = False  # the pose is settled by the global stage; moving it later drifts
-    samples: int = 400
-    contour_blend_mm: float = 10.0  # contours only: width of the blend onto their interpolant (0: off)
-    seed: int = 0
-    threads: int = 1  # small matrices; several threads on a busy CPU slowed fits up to 8x here
 
 
 @dataclass

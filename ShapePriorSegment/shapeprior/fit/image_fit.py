@@ -10,92 +10,25 @@ final pose (or of the refined SDF), and its voxelisation on the image grid.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 import trimesh
-from skimage.measure import marching_cubes
 
 from ..errors import InputError
+from ..geometry.level_set import level_set_mesh
+from ..io.frames import index_to_physical
 from ..io.labelmaps import mesh_to_labelmap
-from ..models.bundle import ModelBundle
-from ..models.pose_agent import (
-    STAGES,
-    CanonicalSDF,
-    PoseAgent,
-    PoseState,
-    apply_correction,
-    render_state,
-)
-from ..models.refiner import BAND_MM, build_refiner, refine_sdf
-from ..models.sdf import SDFDecoder, ShapeSpace, decoder_from_bundle, extract_mesh
-from ..prep.crops import FINE_GRID, GridSpec, agent_input, intensity_stats
-from ..prep.surface import index_to_physical, largest_component
+from ..models.dissm import DISSMModel
+from ..models.pose_agent import STAGES, PoseState, apply_correction, render_state
+from ..models.refiner import BAND_MM, refine_sdf
+from ..models.registry import Model, as_loaded
+from ..models.sdf import extract_mesh
+from ..prep.crops import FINE_GRID, agent_input, intensity_stats
+from ..prep.surface import largest_component
 from .dals_fit import FitCancelled
-
-
-@dataclass
-class DISSMModel:
-    """Everything a fit needs from a ``dissm`` bundle."""
-
-    decoder: SDFDecoder
-    space: ShapeSpace
-    canonical: CanonicalSDF
-    agents: dict[str, PoseAgent]
-    grid: GridSpec
-    median_scale: float
-    mean_rotation: np.ndarray
-    centre_offset: np.ndarray
-    fit_steps: int
-    metadata: dict
-    refiner: torch.nn.Module | None = None
-
-    @property
-    def stages(self) -> tuple[str, ...]:
-        """The stages a fit can run, in order."""
-        return tuple(self.agents) + (("refine",) if self.refiner is not None else ())
-
-    @classmethod
-    def from_bundle(cls, bundle: ModelBundle) -> "DISSMModel":
-        decoder, space = decoder_from_bundle(bundle)
-        info = bundle.metadata["agent"]
-        agents = {}
-        for stage in info["stages"]:
-            prefix = f"agent.{stage}."
-            agent = PoseAgent(space.basis.shape[0])
-            agent.load_state_dict({k[len(prefix):]: v for k, v in bundle.tensors.items() if k.startswith(prefix)})
-            agents[stage] = agent.eval()
-        refiner = None
-        if any(k.startswith("refiner.") for k in bundle.tensors):
-            refiner = build_refiner()
-            refiner.load_state_dict({k[len("refiner."):]: v for k, v in bundle.tensors.items()
-                                     if k.startswith("refiner.")})
-            refiner.eval()
-        return cls(
-            decoder, space, CanonicalSDF(bundle.tensors["canonical_sdf"].float(), float(info["canonical_radius"])),
-            agents, GridSpec.from_dict(info["grid"]), float(info["median_scale_mm"]),
-            np.array(info["mean_rotation"]), np.array(info["centre_offset_mm"]), int(info["fit_steps"]),
-            bundle.metadata, refiner,
-        )
-
-
-@dataclass
-class ImageFit:
-    mesh: trimesh.Trimesh  # LPS mm
-    segmentation: sitk.Image  # uint8 on the image grid
-    stages: list[dict]  # per stage: pose and loadings after it
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-
-
-def fit_report(fit: "ImageFit", bundle: ModelBundle, source: str) -> dict:
-    """The JSON report of a fit: pose and loadings per stage, time, warnings, volume."""
-    return {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
-            "pose_convention": "x = t + R (s * u), u in the model unit sphere", "stages": fit.stages,
-            "seconds": fit.seconds, "warnings": list(fit.warnings), "volume_ml": float(fit.mesh.volume) / 1000.0}
+from .outcome import Outcome
 
 
 def initial_state(model: DISSMModel, grid_mm: torch.Tensor) -> PoseState:
@@ -184,18 +117,6 @@ def shape_sdf(model: DISSMModel, state: PoseState, grid_mm: torch.Tensor) -> tor
     return sdf.reshape(grid_mm.shape[:-1])
 
 
-def level_set_mesh(sdf_mm: np.ndarray, reference: sitk.Image) -> trimesh.Trimesh:
-    """Zero level set of a (K, J, I) SDF on ``reference``'s grid, in LPS mm, faces outward."""
-    if sdf_mm.min() >= 0 or sdf_mm.max() <= 0:
-        return trimesh.Trimesh()
-    verts_kji, faces, _, _ = marching_cubes(sdf_mm, level=0.0)
-    ijk1 = np.concatenate([verts_kji[:, ::-1], np.ones((len(verts_kji), 1))], 1)
-    mesh = trimesh.Trimesh((ijk1 @ index_to_physical(reference).T)[:, :3], faces, process=False)
-    if mesh.volume < 0:  # the (k, j, i) -> LPS map may flip handedness
-        mesh.invert()
-    return mesh
-
-
 def refined_fit(model: DISSMModel, image: sitk.Image, state: PoseState) -> trimesh.Trimesh:
     """Refine the state's shape in a narrow band on the 1 mm fine grid; its surface (LPS mm).
 
@@ -205,16 +126,19 @@ def refined_fit(model: DISSMModel, image: sitk.Image, state: PoseState) -> trime
     fitted = shape_sdf(model, state, torch.tensor(grid_mm))[None]
     with torch.no_grad():
         refined = refine_sdf(model.refiner, torch.tensor(volume)[None], fitted)[0].numpy()
-    mesh = level_set_mesh(refined, reference)
+    mesh = level_set_mesh(refined, 0.0, index_to_physical(reference))
     return largest_component(mesh)[0] if len(mesh.faces) else mesh
 
 
 def fit_image(
-    model: DISSMModel, image: sitk.Image, stages: tuple[str, ...] | None = None, steps: int | None = None,
+    image: sitk.Image, model: Model = "hippocampus", stages: Sequence[str] | None = None, steps: int | None = None,
     source: str = "image", progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> ImageFit:
-    """Fit ``model`` to ``image`` (stopping after the last of ``stages``, default all); surface and segmentation."""
+) -> Outcome:
+    """Fit a ``dissm`` model to ``image`` (stopping after the last of ``stages``, default all): surface,
+    segmentation on the image grid, and per stage the pose and loadings after it (``detail``, the report's
+    ``stages``)."""
+    bundle, model = as_loaded(model, "dissm")
     stages = model.stages if stages is None else tuple(stages)
     if list(stages) != list(model.stages[: len(stages)]) or not stages:
         raise InputError(None, f"stages must be a leading part of {','.join(model.stages)}, got {','.join(stages)}")
@@ -229,4 +153,10 @@ def fit_image(
         mesh = state_mesh(model, state)
     if len(mesh.faces) == 0:
         raise InputError(source, "the fitted shape is empty (is this the model's organ and modality?)")
-    return ImageFit(mesh, mesh_to_labelmap(mesh, image), records, time.perf_counter() - began, warnings)
+    seconds = time.perf_counter() - began
+    report = {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
+              "pose_convention": "x = t + R (s * u), u in the model unit sphere", "stages": records,
+              "seconds": seconds, "warnings": warnings, "volume_ml": float(mesh.volume) / 1000.0}
+    summary = (f"fitted {bundle.organ} to {source} ({', '.join(stages)}) in {seconds:.1f} s: "
+               f"volume {report['volume_ml'] * 1000:.0f} mm3")
+    return Outcome(mesh, bundle.organ, report, labelmap=mesh_to_labelmap(mesh, image), summary=summary, detail=records)

@@ -16,9 +16,10 @@ import SimpleITK as sitk
 import trimesh
 from scipy import ndimage
 
-from ..io.labelmaps import index_to_lps, lps_to_index, mesh_to_labelmap
+from ..geometry.level_set import level_set_mesh
+from ..io.frames import index_to_lps, index_to_physical, lps_to_index
+from ..io.labelmaps import mesh_to_labelmap
 from ..prep.mask_distance import PreparedMask, signed_distance_map
-from .image_fit import level_set_mesh
 
 # Within this many voxels of the prior surface its distance is computed exactly (point to
 # triangle); farther out the voxelised distance map is close enough (only its sign matters there).
@@ -71,7 +72,7 @@ def fuse_with_mask(prior: trimesh.Trimesh, prepared: PreparedMask, tau_mm: float
     if count > 1:  # one organ: other pieces are lifted just above zero
         largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
         fused[(labels > 0) & (labels != largest)] = 1e-3
-    mesh = level_set_mesh(fused, grid)
+    mesh = level_set_mesh(fused, 0.0, index_to_physical(grid))
     segmentation = sitk.GetImageFromArray((fused[image] < 0).astype(np.uint8))
     segmentation.CopyInformation(mask)
     return mesh, segmentation

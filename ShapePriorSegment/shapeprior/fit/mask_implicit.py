@@ -10,7 +10,6 @@ pull on the shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,25 +18,13 @@ import torch
 import trimesh
 
 from ..geometry import matrix_to_rotation_6d, rotation_6d_to_matrix
-from ..io.labelmaps import index_to_lps
+from ..io.frames import index_to_lps
 from ..models.pose_agent import PoseState
 from ..models.sdf import SDFDecoder, ShapeSpace, extract_mesh
 from ..prep.mask_distance import DistanceSampler, PreparedMask
+from ..settings import ImplicitMaskSettings
 from .dals_fit import FitCancelled
 from .mask_dals import annealed_scale, cauchy
-
-
-@dataclass
-class ImplicitMaskSettings:
-    pose_steps: int = 40
-    shape_steps: int = 80
-    points: int = 1500  # SDF samples per step
-    band_mm: float = 6.0  # residuals are clamped here (DeepSDF's delta): only the boundary's neighbourhood counts
-    robust_mm: float = 2.0  # Cauchy scale: residuals well beyond it are treated as outliers
-    lambda_shape: float = 0.02  # weight of ||loadings||^2 (the PCA prior)
-    lambda_scale: float = 1.0  # keeps the anisotropic scale near isotropic
-    lr: float = 0.03
-    seed: int = 0
 
 
 class _Pose(torch.nn.Module):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -23,15 +22,23 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
-from ..io.labelmaps import lps_to_index
+from ..io.frames import lps_to_index
 from ..metrics import dice, mesh_quality
 from ..models.bundle import ModelBundle, load_bundle
-from ..prep.mask_distance import DistanceSampler, PreparedMask, boundary_points, prepare_mask
-from .dals_fit import FitSettings, fit_dals
+from ..models.registry import build_model
+from ..prep.mask_distance import (
+    DistanceSampler,
+    PreparedMask,
+    boundary_points,
+    prepare_mask,
+)
+from ..settings import RefineSettings
+from .dals_fit import fit_dals
 from .image_fit import state_record
 from .mask_dals import MaskTask
 from .mask_fusion import fuse_with_mask
-from .mask_implicit import ImplicitMaskSettings, fit_mask_implicit, implicit_mesh
+from .mask_implicit import fit_mask_implicit, implicit_mesh
+from .outcome import Outcome
 
 MESH_KINDS = ("dals",)
 IMPLICIT_KINDS = ("dissm", "sdf")
@@ -64,45 +71,18 @@ def crop_to_mask(mask: sitk.Image, margin_mm: float, source: str) -> sitk.Image:
     return sitk.RegionOfInterest(mask, [int(v) for v in (hi - lo)[::-1]], [int(v) for v in lo[::-1]])
 
 
-@dataclass
-class RefineSettings:
-    # tau of the fusion, in voxels of the mask; None: the model kind's default (TRUST_VOXELS)
-    trust_voxels: float | None = None
-    smoothing_voxels: float = 0.5  # Gaussian sigma on the mask's distance map before the fusion
-    robust_mm: float = 2.0  # Cauchy scale of the DALS route
-    # A light pull of the global latent towards the mean keeps the fit a liver where the mask is wrong
-    # (lambda_latent 0 / 1e-3 / 1e-2 tried on 3 held-out livers: 1e-3 lowered HD95 in three failure modes).
-    dals: FitSettings = field(default_factory=lambda: FitSettings(global_steps=150, vertex_steps=80, lambda_dir=0.3,
-                                                                  lambda_latent=1e-3))
-    implicit: ImplicitMaskSettings = field(default_factory=ImplicitMaskSettings)
-
-
-@dataclass
-class MaskRefinement:
-    mesh: trimesh.Trimesh  # LPS mm, the refined surface
-    prior_mesh: trimesh.Trimesh  # LPS mm, the model's fit before the fusion
-    segmentation: sitk.Image  # uint8 on the input mask's grid
-    distances: np.ndarray  # (V,) mm, signed distance of each vertex to the mask boundary; NaN outside the image
-    prepared: PreparedMask  # the part of the mask that was fitted
-    report: dict
-    warnings: list[str]
-
-
 def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSettings, progress, should_stop):
     """The model's robust fit: (surface LPS mm, mm per model unit, pose record)."""
+    model = build_model(bundle)
     if bundle.kind in MESH_KINDS:
-        from ..models.dals import decoder_from_bundle
-
-        decoder, latent_mean = decoder_from_bundle(bundle)
+        decoder, latent_mean = model
 
         def make_task(unit_mm: float) -> MaskTask:
             return MaskTask(prepared, settings.dals.samples, unit_mm, settings.robust_mm, settings.dals.global_steps)
 
         result = fit_dals(decoder, latent_mean, make_task, settings.dals, progress, should_stop)
         return result.mesh, result.pose.scale, result.pose.to_dict()
-    from ..models.sdf import decoder_from_bundle
-
-    decoder, space = decoder_from_bundle(bundle)
+    decoder, space = (model.decoder, model.space) if bundle.kind == "dissm" else model
     rotation = np.array(bundle.metadata.get("agent", {}).get("mean_rotation", np.eye(3)), dtype=np.float64)
     state, latent, _ = fit_mask_implicit(decoder, space, prepared, rotation, settings.implicit, progress, should_stop)
     pose = state_record("pose + shape", state)
@@ -122,8 +102,12 @@ def refine_mask(
     mask: sitk.Image, model: str | os.PathLike, source: str | os.PathLike = "mask", all_parts: bool = False,
     settings: RefineSettings = RefineSettings(), progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> MaskRefinement:
-    """Refine a binary mask (uint8 image, any grid) with ``model``; see the module doc."""
+) -> Outcome:
+    """Refine a binary mask (uint8 image, any grid) with ``model``; see the module doc.
+
+    The outcome's segmentation is on the mask's grid; its vertices carry their signed distance to
+    the mask boundary (``DISTANCE_ARRAY``, mm, + outside, NaN outside the image); ``detail`` is the
+    model's fit before the fusion (LPS mm)."""
     began = time.perf_counter()
     source = str(source)
     bundle = load_bundle(model)
@@ -157,7 +141,20 @@ def refine_mask(
     report["seconds"] = time.perf_counter() - began
     if progress is not None:
         progress(1.0, "done")
-    return MaskRefinement(refined, prior, segmentation, distances, prepared, report, warnings)
+    return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data={DISTANCE_ARRAY: distances},
+                   summary=_summary(report), detail=prior)
+
+
+def _summary(report: dict) -> str:
+    """What the command line prints: agreement with the mask and the largest disagreeing patches."""
+    distance = report["distance_to_mask_boundary_mm"]
+    lines = [f"refined {report['organ']} mask {report['input']} in {report['seconds']:.1f} s: Dice with the mask "
+             f"{report['dice_with_mask']:.3f}, {report['added_ml']:.1f} ml added, {report['removed_ml']:.1f} ml "
+             f"removed; {100 * (distance['disagreeing_fraction'] or 0):.0f}% of the surface is over "
+             f"{distance['disagreeing_threshold_mm']:.1f} mm from the mask boundary"]
+    lines += [f"  {r['area_mm2']:.0f} mm2 around LPS {r['centre_lps_mm']} mm, {r['mean_distance_mm']:+.1f} mm: "
+              f"{r['reading']}" for r in distance["regions"][:3]]
+    return "\n".join(lines)
 
 
 def _distances_to_mask(mesh: trimesh.Trimesh, prepared: PreparedMask, full: sitk.Image) -> np.ndarray:

@@ -1,35 +1,32 @@
-"""High-level DALS fits shared by the command line and the MRML bridge (LPS mm in and out)."""
+"""High-level DALS fits shared by the command line and the MRML bridge: LPS mm in, an :class:`Outcome` out."""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..metrics import mesh_quality, self_intersection_fraction
-from ..models.bundle import ModelBundle, load_bundle
-from ..models.dals import DALSDecoder, decoder_from_bundle
+from ..models.bundle import ModelBundle
+from ..models.dals import DALSDecoder
+from ..models.registry import load_model
+from ..settings import FitSettings
 from .contour_interpolation import blend_with_contours
 from .contours import Plane, group_planes
-from .dals_fit import ContourTask, FitResult, FitSettings, PointTask, contour_residuals, fit_dals
+from .dals_fit import ContourTask, FitResult, PointTask, contour_residuals, fit_dals
+from .outcome import Outcome
 
 # Fitted sizes beyond these factors of the training range are refused: the curves
 # are not of this organ, or not in millimetres.
 SIZE_TOLERANCE = 2.0
-
-
-@dataclass
-class DALSFit:
-    result: FitResult
-    bundle: ModelBundle
-    planes: list[Plane] | None
-    report: dict
+# Per-vertex distance to the nearest annotation point (mm): colours the fitted model.
+DISTANCE_ARRAY = "DistanceToAnnotation"
 
 
 def check_size(bundle: ModelBundle, scale: float, source: str | os.PathLike) -> None:
@@ -61,11 +58,33 @@ def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSe
     }
 
 
-def _fit(fit_with: Callable[[DALSDecoder, torch.Tensor], FitResult], model, source) -> tuple[FitResult, ModelBundle]:
-    bundle = load_bundle(model, kind="dals")
-    result = fit_with(*decoder_from_bundle(bundle))
-    check_size(bundle, result.pose.scale, source)
-    return result, bundle
+def check_extent(bundle: ModelBundle, points_lps: np.ndarray, source: str | os.PathLike) -> None:
+    """Refuse, before any fitting, an annotation far larger than the organ (micrometres, another
+    organ) or a speck: its radius about its centre against the model's training sizes (mm per unit
+    is the organ's bounding-sphere radius). Generous: a partial annotation may span less."""
+    lo, hi = bundle.metadata["normalisation"]["mm_per_unit_range"]
+    radius = float(np.linalg.norm(points_lps - points_lps.mean(0), axis=1).max())
+    if not lo / (10 * SIZE_TOLERANCE) <= radius <= 2 * hi * SIZE_TOLERANCE:
+        raise InputError(source, f"annotation is {radius / np.median([lo, hi]):.2f}x the typical {bundle.organ} size "
+                         f"({2 * radius:.3g} mm across; the model's are {2 * lo:.0f}-{2 * hi:.0f} mm): not this "
+                         "organ, or not in mm?")
+
+
+def _load(model: str | os.PathLike, points_lps: np.ndarray, source) -> tuple[ModelBundle, DALSDecoder, torch.Tensor]:
+    """The DALS model, once the annotation's size is checked against it."""
+    bundle, (decoder, latent_mean) = load_model(model, kind="dals")
+    check_extent(bundle, points_lps, source)
+    return bundle, decoder, latent_mean
+
+
+def _outcome(result: FitResult, bundle: ModelBundle, report: dict, points_lps: np.ndarray, summary: str,
+             curves: list[np.ndarray] = ()) -> Outcome:
+    """The fit's :class:`Outcome`, its vertices coloured by their distance to ``points_lps`` (N, 3)."""
+    distances = cKDTree(points_lps).query(np.asarray(result.mesh.vertices))[0]
+    report["distance_to_annotation_mm"] = {"median": float(np.median(distances)), "max": float(distances.max())}
+    report.setdefault("warnings", [])
+    return Outcome(result.mesh, bundle.organ, report, vertex_data={DISTANCE_ARRAY: distances}, curves=list(curves),
+                   summary=summary, detail=result)
 
 
 def fit_planes(
@@ -95,16 +114,23 @@ def fit_curves(
     source: str | os.PathLike = "contours",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> DALSFit:
-    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`."""
+) -> Outcome:
+    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`;
+    ``detail`` is the :class:`FitResult`."""
+    bundle, decoder, latent_mean = _load(model, np.concatenate(curves), source)
     planes = group_planes(curves, str(source))
-    result, bundle = _fit(lambda decoder, mean: fit_planes(decoder, mean, planes, settings, progress, should_stop),
-                          model, source)
+    result = fit_planes(decoder, latent_mean, planes, settings, progress, should_stop)
+    check_size(bundle, result.pose.scale, source)
     report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
     report["warnings"] = residual_warnings(report["residuals"], result.pose.scale)
-    return DALSFit(result, bundle, planes, report)
+    mean = float(np.mean([r["mean_mm"] for r in report["residuals"]]))
+    worst = max(r["max_mm"] for r in report["residuals"])
+    summary = (f"fitted {bundle.organ} to {len(curves)} curves on {len(planes)} planes in {result.seconds:.1f} s: "
+               f"contour residual mean {mean:.2f} mm, max {worst:.2f} mm")
+    resampled = np.concatenate([c for plane in planes for c in plane.curves])
+    return _outcome(result, bundle, report, resampled, summary, curves)
 
 
 def residual_warnings(residuals: list[dict], mm_per_unit: float) -> list[str]:
@@ -126,43 +152,16 @@ def fit_points(
     source: str | os.PathLike = "points",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> DALSFit:
-    """Fit the DALS model to a point cloud (N, 3) in LPS mm."""
+) -> Outcome:
+    """Fit the DALS model to a point cloud (N, 3) in LPS mm; ``detail`` is the :class:`FitResult`."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3 or len(points) < 10:
         raise InputError(source, "a point cloud of at least 10 points (N, 3) is needed")
     if not np.isfinite(points).all():
         raise InputError(source, "points hold NaN or infinite coordinates")
-    result, bundle = _fit(
-        lambda decoder, mean: fit_dals(decoder, mean, lambda unit_mm: PointTask(points, settings.samples, unit_mm),
-                                       settings, progress, should_stop),
-        model, source,
-    )
-    return DALSFit(result, bundle, None, _report(bundle, result, str(source), settings))
-
-
-def read_point_cloud(path: str | os.PathLike) -> np.ndarray:
-    """Points (N, 3) LPS mm from ``.mrk.json`` (point lists), ``.ply`` or ``.xyz``."""
-    from ..io.markups import read_point_list
-
-    path = Path(path)
-    name = path.name.lower()
-    if name.endswith(".mrk.json"):
-        return read_point_list(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    if name.endswith(".xyz"):
-        try:
-            points = np.loadtxt(path, dtype=np.float64, ndmin=2)[:, :3]
-        except ValueError:
-            raise InputError(path, "not a readable .xyz point file (rows of x y z)") from None
-        return points
-    if name.endswith(".ply"):
-        import trimesh
-
-        try:
-            cloud = trimesh.load(path, process=False)
-        except Exception as exc:
-            raise InputError(path, f"not a readable PLY ({type(exc).__name__})") from None
-        return np.asarray(cloud.vertices, dtype=np.float64)
-    raise InputError(path, "unsupported point cloud format (expected .mrk.json, .ply or .xyz)")
+    bundle, decoder, latent_mean = _load(model, points, source)
+    result = fit_dals(decoder, latent_mean, lambda unit_mm: PointTask(points, settings.samples, unit_mm), settings,
+                      progress, should_stop)
+    check_size(bundle, result.pose.scale, source)
+    summary = f"fitted {bundle.organ} to {len(points)} points in {result.seconds:.1f} s"
+    return _outcome(result, bundle, _report(bundle, result, str(source), settings), points, summary)

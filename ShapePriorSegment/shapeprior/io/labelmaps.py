@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import igl
 import numpy as np
@@ -13,46 +14,50 @@ from skimage.measure import find_contours
 
 from ..errors import InputError
 from .atomic import atomic_output
+from .frames import index_to_lps, lps_to_index
 
 # A slice counts as painted if a 2D region survives one in-plane erosion: slices of
 # other planes cross it only as one-voxel lines.
 MIN_PAINTED_PIXELS = 4
+# A contour annotation is a few painted slices; more is a whole segmentation, whose
+# every slice would become a curve (use it as a mask instead).
+MAX_PAINTED_SLICES = 64
 
 
-def index_to_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
-    """Continuous voxel indices (N, 3) in (i, j, k) order -> LPS mm (N, 3)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return (np.asarray(ijk) * np.array(image.GetSpacing())) @ direction.T + np.array(image.GetOrigin())
-
-
-def lps_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
-    """LPS mm (N, 3) -> continuous voxel indices (N, 3) in (i, j, k) order (inverse of :func:`index_to_lps`)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return (np.asarray(points) - np.array(image.GetOrigin())) @ direction / np.array(image.GetSpacing())
-
-
-def painted_slice_contours(mask: sitk.Image, source: str | os.PathLike = "mask") -> list[np.ndarray]:
-    """Closed curves (N_i, 3) in LPS mm around the painted regions of each painted slice.
-
-    Slices along any of the three voxel axes are found; each connected region of a
-    painted slice gives one curve (its outer boundary, at the half-voxel level).
-    """
-    array = sitk.GetArrayViewFromImage(mask).transpose(2, 1, 0) > 0  # (i, j, k)
-    curves: list[np.ndarray] = []
+def _painted_slices(array: np.ndarray, source: str | os.PathLike) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(axis, index, 2D boolean plane) of each painted slice of ``array`` (i, j, k); at most MAX_PAINTED_SLICES."""
+    count = 0
     for axis in range(3):
         for index in range(array.shape[axis]):
             plane = np.take(array, index, axis=axis)
             if ndimage.binary_erosion(plane).sum() < MIN_PAINTED_PIXELS:
                 continue
-            core = ndimage.binary_opening(plane)  # drop crossing lines of the other planes
-            labels, count = ndimage.label(core)
-            for region in range(1, count + 1):
-                filled = ndimage.binary_fill_holes(labels == region)
-                padded = np.pad(filled.astype(float), 1)
-                loops = find_contours(padded, 0.5)
-                loop = max(loops, key=len) - 1.0  # outer boundary, back to unpadded indices
-                ijk = np.insert(loop, axis, float(index), axis=1)
-                curves.append(index_to_lps(mask, ijk))
+            count += 1
+            if count > MAX_PAINTED_SLICES:
+                raise InputError(source, f"more than {MAX_PAINTED_SLICES} painted slices: a whole segmentation, "
+                                 "not a few painted slices?")
+            yield axis, index, plane
+
+
+def painted_slice_contours(mask: sitk.Image, source: str | os.PathLike = "mask") -> list[np.ndarray]:
+    """Closed curves (N_i, 3) in LPS mm around the painted regions of each painted slice.
+
+    Slices along any of the three voxel axes are found (at most :data:`MAX_PAINTED_SLICES`);
+    each connected region of a painted slice gives one curve (its outer boundary, at the
+    half-voxel level).
+    """
+    array = sitk.GetArrayViewFromImage(mask).transpose(2, 1, 0) > 0  # (i, j, k)
+    curves: list[np.ndarray] = []
+    for axis, index, plane in _painted_slices(array, source):
+        core = ndimage.binary_opening(plane)  # drop crossing lines of the other planes
+        labels, count = ndimage.label(core)
+        for region in range(1, count + 1):
+            filled = ndimage.binary_fill_holes(labels == region)
+            padded = np.pad(filled.astype(float), 1)
+            loops = find_contours(padded, 0.5)
+            loop = max(loops, key=len) - 1.0  # outer boundary, back to unpadded indices
+            ijk = np.insert(loop, axis, float(index), axis=1)
+            curves.append(index_to_lps(mask, ijk))
     if not curves:
         raise InputError(source, "no painted slices found (paint at least two slices on different axes)")
     return curves

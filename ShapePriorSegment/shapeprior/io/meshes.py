@@ -17,9 +17,8 @@ from vtk.util import numpy_support
 
 from ..errors import InputError
 from .atomic import atomic_output
-
-MESH_SUFFIXES = (".obj", ".stl", ".ply", ".vtk", ".vtp", ".off")
-_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
+from .formats import MESH_SUFFIXES
+from .frames import RAS_TO_LPS
 
 
 def _suffix(path: Path) -> str:
@@ -73,7 +72,7 @@ def _read_vtk(path: Path) -> trimesh.Trimesh:
     if _suffix(path) == ".vtk" and "SPACE=RAS" in (reader.GetHeader() or ""):
         # diag(-1, -1, 1) has determinant +1 (a half-turn about z, not a reflection),
         # so the faces keep their outward orientation: do not invert them.
-        mesh.vertices = mesh.vertices * _RAS_TO_LPS
+        mesh.vertices = mesh.vertices * RAS_TO_LPS
     return mesh
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 from scipy import ndimage
-from skimage.measure import marching_cubes
 
+from ..geometry.level_set import level_set_mesh
 from .surface import surface_metrics
 
 
@@ -46,9 +46,11 @@ def mask_surface(mask: np.ndarray, spacing: tuple[float, float, float]) -> trime
     It runs midway between inside and outside voxel centres and cuts corners diagonally, so
     distances between two such surfaces are not confined to the few values voxel distances take.
     """
-    padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    verts, faces, _, _ = marching_cubes(padded, 0.5, spacing=tuple(float(s) for s in spacing))
-    return trimesh.Trimesh(verts - np.asarray(spacing, dtype=np.float64), faces, process=False)
+    # (i, j, k) of the padded array are its axes 2, 1, 0; one voxel of padding is undone.
+    to_axes = np.zeros((4, 4))
+    to_axes[[0, 1, 2], [2, 1, 0]] = spacing
+    to_axes[:3, 3] = -np.asarray(spacing, dtype=np.float64)
+    return level_set_mesh(np.pad(np.asarray(mask, dtype=np.float32), 1), 0.5, to_axes)
 
 
 def surface_distances_of_masks(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, resources_dir
 from ..errors import InputError
 from ..io.atomic import atomic_output
 
@@ -27,11 +27,9 @@ FORMAT = "shapeprior-model/1"
 
 
 def models_dir() -> Path:
-    """Folder of the shipped models (``Resources/Models``), overridable by $SHAPEPRIOR_MODELS."""
+    """Folder of the shipped models, overridable by $SHAPEPRIOR_MODELS."""
     env = os.environ.get("SHAPEPRIOR_MODELS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "Resources" / "Models"
+    return Path(env) if env else resources_dir() / "Models"
 
 
 def shipped_models() -> dict[str, Path]:

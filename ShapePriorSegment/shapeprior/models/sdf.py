@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import trimesh
-from skimage.measure import marching_cubes
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ..geometry.level_set import level_set_mesh
 from .bundle import ModelBundle
 
 
@@ -145,9 +145,8 @@ def extract_mesh(
 ) -> trimesh.Trimesh:
     """Zero level set of the decoded SDF (unit-sphere coordinates); empty mesh if there is none."""
     values, spacing = evaluate_grid(decoder, latent, resolution, radius)
-    if values.min() >= 0 or values.max() <= 0:
-        return trimesh.Trimesh()
-    # With the default gradient direction, skimage winds the faces outward for a field that
-    # is negative inside (checked by the sign of the volume in the tests).
-    verts, faces, _, _ = marching_cubes(values, level=0.0, spacing=(spacing,) * 3)
-    return trimesh.Trimesh(verts - radius, faces, process=False)
+    # values[a, b, c] is at (a, b, c) * spacing - radius: array axes are x, y, z.
+    to_unit = np.zeros((4, 4))
+    to_unit[[0, 1, 2], [2, 1, 0]] = spacing
+    to_unit[:3, 3] = -radius
+    return level_set_mesh(values, 0.0, to_unit)

@@ -11,16 +11,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import vtk
 import slicer
-import trimesh
+import vtk
 
 from ..errors import InputError
-from ..fit.contours import resample_closed_curve
-from .bridge import DISTANCE_ARRAY, add_closed_curves, add_surface_to_scene, annotation_distances
+from ..fit.outcome import Outcome
+from .nodes import add_closed_curves
+from .writer import add_outcome_to_scene
 
 # Module logics a scene needs for what this package puts in it (name -> class name).
 MODULE_LOGICS = {
@@ -69,24 +67,11 @@ def _volume_name(path: Path) -> str:
     return path.stem
 
 
-def write_scene_bundle(
-    path_mrb: str | os.PathLike,
-    curves_lps: Sequence[np.ndarray],
-    mesh_lps: trimesh.Trimesh,
-    organ: str,
-    volume_path: str | os.PathLike | None = None,
-    report: dict | None = None,
-    distances: np.ndarray | None = None,
-    distance_name: str = DISTANCE_ARRAY,
-) -> Path:
-    """Write a Slicer scene bundle: input volume (if given), curves, fitted model, segmentation.
-
-    Curves and mesh are LPS mm. The model is coloured by ``distances`` (V,) mm when given
-    (point array ``distance_name``, e.g. a refined mask's signed distances), else by its
-    vertices' distance to the curves; the
-    segment (named after the organ) keeps the closed surface as its source
-    representation. ``report`` is stored as a text node ``<organ> fit report`` (JSON).
-    The file appears complete or not at all.
+def write_scene_bundle(path_mrb: str | os.PathLike, outcome: Outcome,
+                       volume_path: str | os.PathLike | None = None) -> Path:
+    """Write a Slicer scene bundle of a fit: the input volume (if given), the drawn curves, the model
+    (coloured by the outcome's per-vertex distances) and the segment, written by the one MRML writer;
+    the report is a text node ``<organ> fit report`` (JSON). The file appears complete or not at all.
     """
     path = Path(path_mrb).resolve()  # WriteToMRB fails on relative paths
     if path.suffix.lower() != ".mrb":
@@ -101,14 +86,10 @@ def write_scene_bundle(
         if volume is None:
             raise InputError(volume_path, "not a volume Slicer can read")
         volume_id = volume.GetID()
-    curves = [np.asarray(c, dtype=np.float64) for c in curves_lps]
-    add_closed_curves(scene, curves)
-    if distances is None and curves:
-        distances = annotation_distances(mesh_lps, np.concatenate([resample_closed_curve(c) for c in curves]))
-    add_surface_to_scene(scene, mesh_lps, organ, distances, distance_name, reference_volume_id=volume_id)
-    if report is not None:
-        text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{organ} fit report")
-        text.SetText(json.dumps(report, indent=2, default=str))
+    add_closed_curves(scene, outcome.curves)
+    report = add_outcome_to_scene(scene, outcome, reference_volume_id=volume_id)["report"]
+    text = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{outcome.organ} fit report")
+    text.SetText(json.dumps(report, indent=2, default=str))
     for node in nodes_by_class(scene, "vtkMRMLStorableNode"):
         if node.GetStorageNode() is None:
             node.AddDefaultStorageNode()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .surface import index_to_physical
+from ..io.frames import index_to_physical
 
 
 @dataclass(frozen=True)

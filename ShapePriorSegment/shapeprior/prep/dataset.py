@@ -15,21 +15,30 @@ manifest after each shape, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-import json
 import numpy as np
 import trimesh
 from tqdm import tqdm
 
 from .. import __version__
 from ..errors import InputError
-from ..io import atomic_output, check_same_grid, read_image, read_mask, read_mesh, write_json, write_mesh
+from ..io import (
+    atomic_output,
+    check_same_grid,
+    read_image,
+    read_mask,
+    read_mesh,
+    write_json,
+    write_mesh,
+)
 from ..io.images import IMAGE_SUFFIXES
 from ..io.meshes import MESH_SUFFIXES
+from ..settings import PrepareSettings
 from ..transform import Similarity
 from .align import align_to_anchor
 from .normalise import transformed, unit_sphere_transform
@@ -37,21 +46,6 @@ from .sdf import sample_sdf
 from .surface import mask_to_surface, repair_mesh
 
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class PrepareSettings:
-    """Everything that changes the prepared data (stored in the manifest)."""
-
-    labels: list[int] | None = None
-    target_vertices: int = 4000
-    smoothing_mm: float = 1.0
-    interpolate_slices: bool = True
-    repair_voxel_mm: float = 1.5
-    align_points: int = 300
-    sdf_samples: int = 100_000
-    anchor: str | None = None
-    seed: int = 0
 
 
 def select_shapes(manifest: dict, patterns: list[str]) -> list[str]:

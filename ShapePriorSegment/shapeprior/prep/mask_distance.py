@@ -18,8 +18,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError
-from ..io.labelmaps import index_to_lps
-from .surface import index_to_physical
+from ..io.frames import index_to_lps, index_to_physical
 
 # Nearest-neighbour upsampling from thick slices shows as runs of identical slices; it is taken for
 # that when at least this many runs inside the mask share one length of 2 or more.

@@ -8,8 +8,9 @@ import igl
 import numpy as np
 import SimpleITK as sitk
 import trimesh
-from skimage.measure import marching_cubes
 
+from ..geometry.level_set import level_set_mesh
+from ..io.frames import index_to_physical
 
 # Slices thicker than this many times the in-plane spacing are interpolated.
 THICK_SLICE_RATIO = 1.5
@@ -57,15 +58,6 @@ def interpolate_slices(mask: sitk.Image) -> sitk.Image:
     return sitk.Cast(resampled < 0, sitk.sitkUInt8)
 
 
-def index_to_physical(mask: sitk.Image) -> np.ndarray:
-    """4x4 matrix mapping continuous voxel indices (i, j, k) to LPS millimetres."""
-    m = np.eye(4)
-    direction = np.array(mask.GetDirection()).reshape(3, 3)
-    m[:3, :3] = direction * np.array(mask.GetSpacing())
-    m[:3, 3] = mask.GetOrigin()
-    return m
-
-
 def largest_component(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, int]:
     """Keep the connected component with the most faces; return it and how many were dropped."""
     parts = mesh.split(only_watertight=False)
@@ -95,14 +87,8 @@ def mask_to_surface(
         padded = sitk.SmoothingRecursiveGaussian(padded, float(smoothing_mm))
     array = sitk.GetArrayFromImage(padded)  # (k, j, i)
     level = 0.5 if array.max() > 0.5 else 0.5 * float(array.max())  # tiny masks blur below 0.5
-    verts_kji, faces, _, _ = marching_cubes(array, level=level)
-    verts_ijk = verts_kji[:, ::-1]
-    affine = index_to_physical(padded)
-    verts = verts_ijk @ affine[:3, :3].T + affine[:3, 3]
-    mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=True)
-    mesh, _ = largest_component(mesh)
-    if mesh.volume < 0:  # a left-handed direction matrix flips orientation
-        mesh.invert()
+    mesh = level_set_mesh(array, level, index_to_physical(padded))
+    mesh, _ = largest_component(trimesh.Trimesh(mesh.vertices, mesh.faces, process=True))
     if target_vertices and len(mesh.vertices) > target_vertices:
         mesh = simplify(mesh, target_vertices)
     return mesh

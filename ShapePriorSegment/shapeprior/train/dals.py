@@ -14,15 +14,11 @@ and picked up again by a re-run with the same settings.
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
-from tqdm import tqdm
 
 from ..geometry import (
     chamfer_distance,
@@ -36,25 +32,8 @@ from ..io import read_mesh
 from ..models.bundle import save_bundle
 from ..models.dals import DALSConfig, DALSDecoder, bundle_tensors
 from ..prep.dataset import select_shapes
-from .common import load_checkpoint, read_manifest, save_checkpoint, size_metadata
-
-
-@dataclass
-class DALSTrainSettings:
-    include: list[str] = field(default_factory=lambda: ["*"])
-    organ: str = "organ"
-    latent_dim: int = 128
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 128])
-    level: int = 3
-    steps: int = 12000
-    batch: int = 8
-    points: int = 2048
-    lr: float = 2e-3
-    lambda_reg: float = 1e-4
-    lambda_n: float = 1e-3
-    lambda_normal: float = 0.0
-    augment: int = 3
-    seed: int = 0
+from .common import Run, read_manifest, size_metadata
+from .settings import DALSTrainSettings
 
 
 def smooth_deformation(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -85,20 +64,14 @@ def random_rotation(generator: torch.Generator) -> torch.Tensor:
     return q if torch.det(q) > 0 else -q
 
 
-def train_dals(
-    dataset: str | Path,
-    out: str | Path,
-    settings: DALSTrainSettings,
-    command: str = "",
-    progress: bool = True,
-    device: str | None = None,
-) -> Path:
+def train_dals(dataset: str | Path, out: str | Path, settings: DALSTrainSettings, command: str = "",
+               progress: bool = True, device: str | None = None) -> Path:
     """Train and write a ``dals`` bundle to ``out`` (checkpoint: ``out`` + ``.ckpt``)."""
     dataset, out = Path(dataset), Path(out)
     manifest = read_manifest(dataset)
     names = select_shapes(manifest, settings.include)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(settings.seed)
+    run = Run(out, settings, device)
+    device = run.device
 
     pools = point_pools(dataset, manifest, names, settings).to(device)
     config = DALSConfig(settings.latent_dim, tuple(settings.hidden))
@@ -109,28 +82,7 @@ def train_dals(
     template, faces = icosphere(settings.level, device=device)
     pairs = face_pairs(faces)
 
-    start, history = 0, []
-    state = load_checkpoint(out, asdict(settings), device)
-    if state is not None:
-        decoder.load_state_dict(state["decoder"])
-        latents.data.copy_(state["latents"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["step"]), list(state["history"])
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(out, {
-            "settings": asdict(settings), "step": step, "history": history,
-            "decoder": decoder.state_dict(), "latents": latents.detach(),
-            "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-        })
-
-    window, window_loss = 250, 0.0
-    bar = tqdm(total=settings.steps, initial=start, desc="train-dals", disable=not progress, dynamic_ncols=True)
-    began = time.perf_counter()
-    for step in range(start, settings.steps):
-        # Per-step generator: the run is reproducible and resumes without saved RNG state.
-        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    def step(g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         batch = torch.randperm(len(pools), generator=g)[: settings.batch].to(device)
         rotation = random_rotation(g).to(device)
         picks = torch.randint(0, pools.shape[1], (settings.points,), generator=g).to(device)
@@ -142,21 +94,10 @@ def train_dals(
         loss = chamfer + settings.lambda_reg * quality + settings.lambda_n * (latents[batch] ** 2).sum(-1).mean()
         if settings.lambda_normal:
             loss = loss + settings.lambda_normal * normal_consistency_loss(verts, faces, pairs).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        window_loss += chamfer.item()
-        if (step + 1) % window == 0:
-            mean = window_loss / window
-            scheduler.step(mean)
-            history.append({"step": step + 1, "chamfer": mean, "quality_loss": quality.item(),
-                            "lr": optimiser.param_groups[0]["lr"]})
-            window_loss = 0.0
-            checkpoint(step + 1)
-        bar.set_postfix(chamfer=f"{chamfer.item():.2e}", q=f"{1 - quality.item():.3f}", refresh=False)
-        bar.update(1)
-    bar.close()
-    checkpoint(settings.steps)
+        return loss, {"chamfer": chamfer.item(), "quality_loss": quality.item()}
+
+    parts = {"decoder": decoder, "latents": latents, "optimiser": optimiser, "scheduler": scheduler}
+    run.train(step, parts, settings.steps, desc="train-dals", progress=progress, log_every=250)
 
     metadata = {
         "organ": settings.organ,
@@ -165,16 +106,11 @@ def train_dals(
         "normalisation": size_metadata(manifest, names),
         "config": config.to_dict(),
         "training": {
-            **asdict(settings),
+            **run.record(command),
             "shapes": names,
             "instances": len(pools),
-            "final_chamfer": history[-1]["chamfer"] if history else None,
-            "history": history,
-            "seconds_this_run": time.perf_counter() - began,
-            "device": str(device),
-            "command": command or " ".join(sys.argv),
+            "final_chamfer": run.history[-1]["chamfer"] if run.history else None,
         },
     }
     save_bundle(out, "dals", metadata, bundle_tensors(decoder, latents[: len(names)]))
     return out
-

@@ -13,9 +13,7 @@ fresh perturbation of the true pose. Perturbation ranges (hippocampus scale) are
 from __future__ import annotations
 
 import copy
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..io import read_image, read_mesh
-from ..models.bundle import load_bundle, save_bundle
+from ..models.bundle import save_bundle
 from ..models.pose_agent import (
     STAGES,
     CanonicalSDF,
@@ -34,30 +32,19 @@ from ..models.pose_agent import (
     build_canonical_sdf,
     render_state,
 )
-from ..models.sdf import ShapeSpace, decoder_from_bundle
+from ..models.registry import load_model
+from ..models.sdf import ShapeSpace
 from ..prep.crops import GridSpec, agent_input, intensity_stats
 from ..prep.sdf import signed_distance
 from ..transform import Similarity
-from .common import load_checkpoint, read_manifest, save_checkpoint
+from .common import Run, read_manifest
+from .settings import PoseTrainSettings
 
 # Episode starts: uniform translation offsets (mm) for the translation stage and normal
 # ones later, uniform log-scale offsets, rotation angles up to the given degrees.
 PERTURB = {"translation_mm": 10.0, "translation_later_mm": 1.5, "log_scale": 0.2, "rotation_deg": 20.0,
            "loadings_std": 0.5, "step_translation_mm": 1.0, "step_log_scale": 0.03, "step_rotation_deg": 3.0,
            "reset_probability": 0.25}
-
-
-@dataclass
-class PoseTrainSettings:
-    steps: list[int] = field(default_factory=lambda: [600, 400, 400, 600])  # per stage
-    batch: int = 8
-    points: int = 2048
-    lr: float = 1e-3
-    lambda_prior: float = 0.01
-    lambda_scale: float = 10.0
-    grid: GridSpec = field(default_factory=GridSpec)
-    fit_steps: int = 6  # agent steps per stage when fitting
-    seed: int = 0
 
 
 @dataclass
@@ -149,6 +136,46 @@ def jitter(state: PoseState, stage: str, g: torch.Generator) -> PoseState:
     return PoseState(t, s, r, state.loadings)
 
 
+@dataclass
+class PoseTask:
+    """What every stage trains on: the cases, their episode starts and the shape model (on the run's device)."""
+
+    cases: list[Case]
+    starts: EpisodeStarts
+    median_scale: float
+    decoder: torch.nn.Module
+    space: ShapeSpace
+    canonical: CanonicalSDF
+    settings: PoseTrainSettings
+
+    def __post_init__(self):
+        self.images = torch.stack([c.image for c in self.cases]).to(self.space.mean.device)  # (N, K, J, I)
+        self.grids = torch.stack([c.grid_mm for c in self.cases]).to(self.space.mean.device)  # (N, K, J, I, 3) mm
+
+    def sdf_l1(self, state: PoseState, rows: torch.Tensor, use_decoder: bool, g: torch.Generator) -> torch.Tensor:
+        """Mean |predicted - true| SDF (mm) of the cases ``rows`` in ``state`` at ``settings.points`` image points.
+
+        Pose stages: half the points near the true surface, half anywhere in the grid (the
+        tabulated mean shape is linear outside its cube, so far points still pull the right
+        way). Shape stage: points near the surface only, where the decoder was trained.
+        """
+        points, num_voxels = self.settings.points, self.grids[0, ..., 0].numel()
+        far = 0 if use_decoder else points - points // 2
+        picks, truths = [], []
+        for row in rows.tolist():
+            case = self.cases[row]
+            near = case.near[torch.randint(0, len(case.near), (points - far,), generator=g)]
+            anywhere = torch.randint(0, num_voxels, (far,), generator=g)
+            index = torch.cat([near, anywhere])
+            picks.append(index)
+            truths.append(case.sdf_mm[index])
+        pick = torch.stack(picks).to(self.grids.device)
+        points_mm = torch.gather(self.grids[rows].reshape(len(rows), -1, 3), 1, pick[..., None].expand(-1, -1, 3))
+        unit = state.to_unit(points_mm)
+        pred = self.decoder(unit, self.space.latent(state.loadings)) if use_decoder else self.canonical(unit)
+        return (pred * state.mm_per_unit()[:, None] - torch.stack(truths).to(self.grids.device)).abs().mean()
+
+
 def train_pose(
     sdf_model: str | Path, dataset: str | Path, out: str | Path, settings: PoseTrainSettings, command: str = "",
     progress: bool = True, device: str | None = None,
@@ -159,87 +186,32 @@ def train_pose(
     networks, images and the loss run on ``device`` (default: CUDA when available).
     """
     dataset, out = Path(dataset), Path(out)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sdf_bundle = load_bundle(sdf_model, kind="sdf")
-    decoder, space = decoder_from_bundle(sdf_bundle)
+    sdf_bundle, (decoder, space) = load_model(sdf_model, kind="sdf")
     for p in decoder.parameters():
         p.requires_grad_(False)
     manifest = read_manifest(dataset)
     names = sdf_bundle.metadata["training"]["shapes"]
     latents = sdf_bundle.tensors["latents"].float()
     true_loadings = torch.linalg.lstsq(space.basis.T, (latents - space.mean).T).solution.T  # (S, K)
-    torch.manual_seed(settings.seed)
-    cases, stats = load_cases(dataset, manifest, names, true_loadings, settings.grid, progress)
+    run = Run(out, settings, device)
+    grid = GridSpec.from_dict(settings.grid)
+    cases, stats = load_cases(dataset, manifest, names, true_loadings, grid, progress)
     median_scale = float(np.median([c.pose.scale for c in cases]))
     rotation = mean_rotation(np.stack([c.pose.rotation for c in cases]))
     centre_offset = np.median([c.pose.translation - c.grid_mm.reshape(-1, 3).mean(0).numpy() for c in cases], axis=0)
     canonical = build_canonical_sdf(decoder, space.mean, space.basis)
-    starts = EpisodeStarts(cases, median_scale, rotation)
-    images = torch.stack([c.image for c in cases]).to(device)
-    grids = torch.stack([c.grid_mm for c in cases]).to(device)
-    decoder.to(device)
-    space = ShapeSpace(space.mean.to(device), space.basis.to(device), space.explained)
-    canonical_dev = CanonicalSDF(canonical.grids.to(device), canonical.radius)
-    num_loadings = space.basis.shape[0]
+    tensors = {**sdf_bundle.tensors, "canonical_sdf": canonical.grids}
+    task = PoseTask(cases, EpisodeStarts(cases, median_scale, rotation), median_scale, decoder.to(run.device),
+                    ShapeSpace(space.mean.to(run.device), space.basis.to(run.device), space.explained),
+                    CanonicalSDF(canonical.grids.to(run.device), canonical.radius), settings)
 
-    agents: dict[str, dict] = {}
-    history: list[dict] = []
-    resume = load_checkpoint(out, _settings_dict(settings), device)
-    if resume is not None:
-        agents, history = resume["agents"], list(resume["history"])
-
-    began = time.perf_counter()
-    agent = PoseAgent(num_loadings).to(device)
+    agents: dict[str, dict] = run.resumed["agents"] if run.resumed else {}  # the finished stages
+    agent = PoseAgent(space.basis.shape[0]).to(run.device)
     for stage, steps in zip(STAGES, settings.steps):
-        if stage in agents:
-            agent.load_state_dict(agents[stage])
-            continue
-        optimiser = torch.optim.Adam(agent.parameters(), lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
-        start = 0
-        g = torch.Generator().manual_seed(settings.seed * 7919 + STAGES.index(stage))
-        states = starts(torch.arange(len(cases)), stage, g)
-        if resume is not None and resume.get("stage") == stage:
-            agent.load_state_dict(resume["agent"])
-            optimiser.load_state_dict(resume["optimiser"])
-            scheduler.load_state_dict(resume["scheduler"])
-            states = PoseState(*(t.cpu() for t in resume["states"]))
-            start = int(resume["step"])
-            g.set_state(resume["generator"])
-        bar = tqdm(total=steps, initial=start, desc=f"train-pose {stage}", disable=not progress, dynamic_ncols=True)
-        window = []
-        for step in range(start, steps):
-            rows = torch.randperm(len(cases), generator=g)[: settings.batch]
-            state = states.index(rows).to(device)
-            use_loadings = stage == "shape"
-            state_img = render_state(canonical_dev, state, grids[rows], use_loadings) / 10.0
-            output = agent(images[rows], state_img)
-            new, penalty = apply_correction(state, output, stage, median_scale)
-            l1 = _sdf_l1(new, rows, cases, grids, decoder, space, canonical_dev, use_loadings, settings.points, g)
-            loss = l1 + settings.lambda_scale * penalty.mean()
-            if use_loadings:
-                loss = loss + settings.lambda_prior * (new.loadings**2).sum(-1).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            # Inverted episodic training: keep the corrected state, perturbed, or restart the episode.
-            moved = jitter(new.detach().to("cpu"), stage, g)
-            restart = torch.rand(len(rows), generator=g) < PERTURB["reset_probability"]
-            fresh = starts(rows, stage, g)
-            for name in ("translation", "scale", "rotation", "loadings"):
-                merged = torch.where(_expand(restart, getattr(moved, name)), getattr(fresh, name), getattr(moved, name))
-                getattr(states, name)[rows] = merged
-            window.append(l1.item())
-            if (step + 1) % 50 == 0:
-                history.append({"stage": stage, "step": step + 1, "l1_mm": float(np.mean(window))})
-                window = []
-                _save(out, settings, agents, history, stage, step + 1, agent, optimiser, scheduler, states, g)
-            bar.set_postfix(l1_mm=f"{l1.item():.2f}", refresh=False)
-            bar.update(1)
-        bar.close()
-        agents[stage] = copy.deepcopy(agent.state_dict())
-        _save(out, settings, agents, history, None, 0, agent, optimiser, scheduler, states, g)
+        if stage not in agents:
+            _train_stage(run, task, agent, agents, stage, steps, progress)
+        agent.load_state_dict(agents[stage])
+        tensors.update({f"agent.{stage}.{k}": v for k, v in agents[stage].items()})
 
     medians = np.array(stats)
     metadata = {
@@ -247,64 +219,53 @@ def train_pose(
         "frame": "pose maps the model unit sphere to LPS mm: x = t + R (s * u), anisotropic s",
         "sdf_training": sdf_bundle.metadata["training"],
         "agent": {
-            "stages": list(STAGES), "grid": settings.grid.to_dict(), "median_scale_mm": median_scale,
+            "stages": list(STAGES), "grid": settings.grid, "median_scale_mm": median_scale,
             "mean_rotation": rotation.tolist(), "centre_offset_mm": centre_offset.tolist(),
             "canonical_radius": canonical.radius, "fit_steps": settings.fit_steps, "perturbation": PERTURB,
             "intensity_median_range": [float(medians[:, 0].min()), float(medians[:, 0].max())],
             "intensity_spread_range": [float(medians[:, 1].min()), float(medians[:, 1].max())],
         },
-        "training": {**_settings_dict(settings), "history": history, "seconds_this_run": time.perf_counter() - began,
-                     "command": command or " ".join(sys.argv)},
+        "training": run.record(command),
     }
-    tensors = {k: v for k, v in sdf_bundle.tensors.items()}
-    tensors["canonical_sdf"] = canonical.grids
-    for stage, state in agents.items():
-        tensors.update({f"agent.{stage}.{k}": v for k, v in state.items()})
     save_bundle(out, "dissm", metadata, tensors)
     return out
 
 
+def _train_stage(run: Run, task: PoseTask, agent: PoseAgent, agents: dict[str, dict], stage: str, steps: int,
+                 progress: bool) -> None:
+    """Train ``agent`` through ``stage`` (from the previous stage's weights); add its weights to ``agents``."""
+    settings, use_loadings = task.settings, stage == "shape"
+    optimiser = torch.optim.Adam(agent.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
+    # Every image keeps its episode state between visits, so the stage's draws come from one
+    # generator, checkpointed with the states.
+    generator = torch.Generator().manual_seed(settings.seed * 7919 + STAGES.index(stage))
+    states = task.starts(torch.arange(len(task.cases)), stage, generator)
+
+    def step(g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        rows = torch.randperm(len(task.cases), generator=g)[: settings.batch]
+        state = states.index(rows).to(run.device)
+        state_img = render_state(task.canonical, state, task.grids[rows], use_loadings) / 10.0
+        new, penalty = apply_correction(state, agent(task.images[rows], state_img), stage, task.median_scale)
+        l1 = task.sdf_l1(new, rows, use_loadings, g)
+        loss = l1 + settings.lambda_scale * penalty.mean()
+        if use_loadings:
+            loss = loss + settings.lambda_prior * (new.loadings**2).sum(-1).mean()
+        # Inverted episodic training: keep the corrected state, perturbed, or restart the episode.
+        moved = jitter(new.detach().to("cpu"), stage, g)
+        restart = torch.rand(len(rows), generator=g) < PERTURB["reset_probability"]
+        fresh = task.starts(rows, stage, g)
+        for name in ("translation", "scale", "rotation", "loadings"):
+            merged = torch.where(_expand(restart, getattr(moved, name)), getattr(fresh, name), getattr(moved, name))
+            getattr(states, name)[rows] = merged
+        return loss, {"l1_mm": l1.item()}
+
+    parts = {"agents": agents, "agent": agent, "optimiser": optimiser, "scheduler": scheduler,
+             "states": [states.translation, states.scale, states.rotation, states.loadings], "generator": generator}
+    run.train(step, parts, steps, desc=f"train-pose {stage}", progress=progress, log_every=50, generator=generator,
+              tag={"stage": stage})
+    agents[stage] = copy.deepcopy(agent.state_dict())
+
+
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def _sdf_l1(state, rows, cases, grids, decoder, space, canonical, use_decoder, points, g) -> torch.Tensor:
-    """Mean |predicted - true| SDF (mm) at image points.
-
-    Pose stages: half the points near the true surface, half anywhere in the grid (the
-    tabulated mean shape is linear outside its cube, so far points still pull the right
-    way). Shape stage: points near the surface only, where the decoder was trained.
-    """
-    num_voxels = grids[0, ..., 0].numel()
-    far = 0 if use_decoder else points - points // 2
-    picks, truths = [], []
-    for row in rows.tolist():
-        case = cases[row]
-        near = case.near[torch.randint(0, len(case.near), (points - far,), generator=g)]
-        anywhere = torch.randint(0, num_voxels, (far,), generator=g)
-        index = torch.cat([near, anywhere])
-        picks.append(index)
-        truths.append(case.sdf_mm[index])
-    pick = torch.stack(picks).to(grids.device)
-    points_mm = torch.gather(grids[rows].reshape(len(rows), -1, 3), 1, pick[..., None].expand(-1, -1, 3))
-    unit = state.to_unit(points_mm)
-    if use_decoder:
-        pred = decoder(unit, space.latent(state.loadings))
-    else:
-        pred = canonical(unit)
-    return (pred * state.mm_per_unit()[:, None] - torch.stack(truths).to(grids.device)).abs().mean()
-
-
-def _settings_dict(settings: PoseTrainSettings) -> dict:
-    d = asdict(settings)
-    d["grid"] = settings.grid.to_dict()
-    return d
-
-
-def _save(out, settings, agents, history, stage, step, agent, optimiser, scheduler, states, g) -> None:
-    state = {"settings": _settings_dict(settings), "agents": agents, "history": history, "stage": stage,
-             "step": step, "agent": agent.state_dict(), "optimiser": optimiser.state_dict(),
-             "scheduler": scheduler.state_dict(),
-             "states": [states.translation, states.scale, states.rotation, states.loadings],
-             "generator": g.get_state()}
-    save_checkpoint(out, state)

@@ -8,32 +8,29 @@ on the 1 mm fine grid. The refiner learns the correction in the band around the 
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..fit.image_fit import DISSMModel, run_agent, shape_sdf, state_from_record
+from ..fit.image_fit import run_agent, shape_sdf, state_from_record
 from ..io import read_image, read_mesh
-from ..models.bundle import load_bundle, save_bundle
+from ..models.bundle import save_bundle
+from ..models.dissm import DISSMModel
 from ..models.pose_agent import PoseState
-from ..models.refiner import BAND_MM, HEAVISIDE_MM, build_refiner, refine_sdf, refinement_loss
+from ..models.refiner import (
+    BAND_MM,
+    HEAVISIDE_MM,
+    build_refiner,
+    refine_sdf,
+    refinement_loss,
+)
+from ..models.registry import load_model
 from ..prep.crops import FINE_GRID, agent_input
 from ..prep.sdf import signed_distance
-from .common import load_checkpoint, read_manifest, save_checkpoint
-
-
-@dataclass
-class RefineTrainSettings:
-    steps: int = 3000
-    batch: int = 4
-    lr: float = 1e-3
-    copies: int = 3  # perturbed fits per image besides the agent's own
-    seed: int = 0
+from .common import Run, read_manifest
+from .settings import RefineTrainSettings
 
 
 def perturbed(state: PoseState, g: torch.Generator) -> PoseState:
@@ -48,8 +45,8 @@ def perturbed(state: PoseState, g: torch.Generator) -> PoseState:
 
 
 def fitted_examples(model: DISSMModel, dataset: Path, manifest: dict, names: list[str], copies: int, seed: int,
-                    progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """(images (N, K, J, I), fitted SDFs (M, K, J, I), true SDFs (N, K, J, I), image index of each fit)."""
+                    progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images (N, K, J, I), fitted SDFs (M, K, J, I), true SDFs (N, K, J, I), image index of each fit (M,))."""
     g = torch.Generator().manual_seed(seed)
     images, fits, truths, owner = [], [], [], []
     for index, name in enumerate(tqdm(names, desc="fit training images", disable=not progress, dynamic_ncols=True)):
@@ -65,7 +62,7 @@ def fitted_examples(model: DISSMModel, dataset: Path, manifest: dict, names: lis
             fits.append(shape_sdf(model, s, grid).numpy())
             owner.append(index)
     as_tensor = lambda arrays: torch.tensor(np.stack(arrays), dtype=torch.float32)  # noqa: E731
-    return as_tensor(images), as_tensor(fits), as_tensor(truths), owner
+    return as_tensor(images), as_tensor(fits), as_tensor(truths), torch.tensor(owner)
 
 
 def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, settings: RefineTrainSettings,
@@ -76,54 +73,28 @@ def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, 
     (default: CUDA when available).
     """
     dataset, out = Path(dataset), Path(out)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bundle = load_bundle(model_path, kind="dissm")
-    model = DISSMModel.from_bundle(bundle)
+    bundle, model = load_model(model_path, kind="dissm")
     manifest = read_manifest(dataset)
     names = bundle.metadata["sdf_training"]["shapes"]
-    torch.manual_seed(settings.seed)
-    net = build_refiner().to(device)
+    run = Run(out, settings, device)
+    net = build_refiner().to(run.device)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
-    start, history = 0, []
-    state = load_checkpoint(out, asdict(settings), device)
-    if state is not None:
-        net.load_state_dict(state["net"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["step"]), list(state["history"])
-    began = time.perf_counter()
-    if start < settings.steps:
-        images, fits, truths, owner = fitted_examples(model, dataset, manifest, names, settings.copies, settings.seed,
-                                                      progress)
-        images, fits, truths = images.to(device), fits.to(device), truths.to(device)
-        owner_t = torch.tensor(owner, device=device)
-    bar = tqdm(total=settings.steps, initial=start, desc="train-refine", disable=not progress, dynamic_ncols=True)
-    window = []
+    if run.start() < settings.steps:  # fitting the training images is the slow part: only when steps are left
+        examples = fitted_examples(model, dataset, manifest, names, settings.copies, settings.seed, progress)
+        images, fits, truths, owner = (t.to(run.device) for t in examples)
+
+    def step(g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        rows = torch.randperm(len(fits), generator=g)[: settings.batch].to(run.device)
+        refined = refine_sdf(net, images[owner[rows]], fits[rows])
+        loss = refinement_loss(refined, fits[rows], truths[owner[rows]])
+        return loss, {"loss": loss.item()}
+
     net.train()
-    for step in range(start, settings.steps):
-        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        rows = torch.randperm(len(fits), generator=g)[: settings.batch].to(device)
-        refined = refine_sdf(net, images[owner_t[rows]], fits[rows])
-        loss = refinement_loss(refined, fits[rows], truths[owner_t[rows]])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        window.append(loss.item())
-        if (step + 1) % 50 == 0:
-            history.append({"step": step + 1, "loss": float(np.mean(window))})
-            window = []
-            save_checkpoint(out, {"settings": asdict(settings), "step": step + 1, "history": history,
-                                  "net": net.state_dict(), "optimiser": optimiser.state_dict(),
-                                  "scheduler": scheduler.state_dict()})
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.update(1)
-    bar.close()
+    parts = {"net": net, "optimiser": optimiser, "scheduler": scheduler}
+    run.train(step, parts, settings.steps, desc="train-refine", progress=progress, log_every=50)
     metadata = {**bundle.metadata, "refine": {
-        **asdict(settings), "band_mm": BAND_MM, "heaviside_mm": HEAVISIDE_MM, "grid": FINE_GRID.to_dict(),
-        "history": history, "seconds_this_run": time.perf_counter() - began,
-        "command": command or " ".join(sys.argv)}}
+        **run.record(command), "band_mm": BAND_MM, "heaviside_mm": HEAVISIDE_MM, "grid": FINE_GRID.to_dict()}}
     tensors = {k: v for k, v in bundle.tensors.items() if not k.startswith("refiner.")}
     tensors.update({f"refiner.{k}": v for k, v in net.state_dict().items()})
     # The agents and the tabulated shape are stored in float16: the file halves (about 14 MB);

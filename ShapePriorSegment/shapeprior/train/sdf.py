@@ -11,39 +11,17 @@ output every few hundred steps are picked up by a re-run with the same settings.
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import InputError
 from ..models.bundle import save_bundle
 from ..models.sdf import SDFConfig, SDFDecoder, ShapeSpace
 from ..prep.dataset import select_shapes, split_names
-from .common import load_checkpoint, read_manifest, save_checkpoint, size_metadata
-
-
-@dataclass
-class SDFTrainSettings:
-    include: list[str] = field(default_factory=lambda: ["*"])
-    holdout_every: int = 5  # every n-th shape (sorted names) is held out for benchmarks
-    organ: str = "organ"
-    latent_dim: int = 64
-    width: int = 256
-    layers: int = 6
-    dropout: float = 0.2
-    steps: int = 4000
-    batch: int = 16
-    samples: int = 1024
-    lr: float = 5e-4
-    latent_lr: float = 1e-3
-    lambda_z: float = 1e-4
-    pca_variance: float = 0.9
-    seed: int = 0
+from .common import Run, read_manifest, size_metadata
+from .settings import SDFTrainSettings
 
 
 def load_samples(dataset: Path, manifest: dict, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +46,8 @@ def train_sdf(
     dataset, out = Path(dataset), Path(out)
     manifest = read_manifest(dataset)
     names, held_out = split_names(select_shapes(manifest, settings.include), settings.holdout_every)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(settings.seed)
+    run = Run(out, settings, device)
+    device = run.device
     pos, neg = (t.to(device) for t in load_samples(dataset, manifest, names))
 
     config = SDFConfig(settings.latent_dim, settings.width, settings.layers, skip_layer=settings.layers // 2,
@@ -80,48 +58,19 @@ def train_sdf(
                                   {"params": [latents], "lr": settings.latent_lr}])
     # DeepSDF's schedule: halve both rates at fixed fractions of the run.
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, settings.steps // 4), gamma=0.5)
-
-    start, history = 0, []
-    state = load_checkpoint(out, asdict(settings), device)
-    if state is not None:
-        decoder.load_state_dict(state["decoder"])
-        latents.data.copy_(state["latents"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["step"]), list(state["history"])
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(out, {"settings": asdict(settings), "step": step, "history": history,
-                              "decoder": decoder.state_dict(), "latents": latents.detach(),
-                              "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict()})
-
-    decoder.train()
-    window, window_loss = 100, 0.0
     half = settings.samples // 2
-    bar = tqdm(total=settings.steps, initial=start, desc="train-sdf", disable=not progress, dynamic_ncols=True)
-    began = time.perf_counter()
-    for step in range(start, settings.steps):
-        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)  # resumes identically
+
+    def step(g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         batch = torch.randperm(len(names), generator=g)[: settings.batch].to(device)
         picks = torch.randint(0, pos.shape[1], (2, half), generator=g).to(device)
         rows = torch.cat([pos[batch][:, picks[0]], neg[batch][:, picks[1]]], dim=1)  # (B, samples, 4)
         pred = decoder(rows[..., :3], latents[batch])
         l1 = (pred - rows[..., 3]).abs().mean()
-        loss = l1 + settings.lambda_z * (latents[batch] ** 2).sum(-1).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        window_loss += l1.item()
-        if (step + 1) % window == 0:
-            history.append({"step": step + 1, "l1": window_loss / window})
-            window_loss = 0.0
-            if (step + 1) % (5 * window) == 0:
-                checkpoint(step + 1)
-        bar.set_postfix(l1=f"{l1.item():.2e}", refresh=False)
-        bar.update(1)
-    bar.close()
-    checkpoint(settings.steps)
+        return l1 + settings.lambda_z * (latents[batch] ** 2).sum(-1).mean(), {"l1": l1.item()}
+
+    decoder.train()
+    parts = {"decoder": decoder, "latents": latents, "optimiser": optimiser, "scheduler": scheduler}
+    run.train(step, parts, settings.steps, desc="train-sdf", progress=progress, log_every=100, save_every=500)
 
     space = ShapeSpace.fit(latents.detach().cpu(), settings.pca_variance)
     metadata = {
@@ -133,14 +82,10 @@ def train_sdf(
         "pca": {"components": int(space.basis.shape[0]), "explained_variance": space.explained,
                 "requested_variance": settings.pca_variance},
         "training": {
-            **asdict(settings),
+            **run.record(command),
             "shapes": names,
             "held_out": held_out,
-            "final_l1": history[-1]["l1"] if history else None,
-            "history": history,
-            "seconds_this_run": time.perf_counter() - began,
-            "device": str(device),
-            "command": command or " ".join(sys.argv),
+            "final_l1": run.history[-1]["l1"] if run.history else None,
         },
     }
     tensors = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}

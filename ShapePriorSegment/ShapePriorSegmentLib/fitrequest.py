@@ -1,0 +1,58 @@
+"""The fit the panel asks for, without GUI: which job to start for the parameter node's mode,
+where its result goes, and the result recorded in the parameter node.
+
+The panel passes what needs it: a function that reads the annotation's nodes from its selectors,
+and one that asks whether to replace an existing segment.
+"""
+
+from .logic import nodeId
+
+
+def outputOptions(logic, parameterNode, refit: bool, askReplace):
+    """Where the result goes (the keyword arguments of the Logic's ``finishFit``); None if the user
+    cancelled ``askReplace(segmentationName, segmentName)`` (True: replace; False: keep both; None: cancel)."""
+    p = parameterNode
+    options = {"reference_volume_id": nodeId(p.inputVolume)}
+    if refit and p.resultModel and p.resultSegmentation:
+        return {**options, "model_node_id": p.resultModel.GetID(), "segmentation_node_id": p.resultSegmentation.GetID(),
+                "segment_name": p.resultSegmentName, "replace": True}
+    organ = logic.modelOrgan(p.model)
+    options.update(segmentation_node_id=nodeId(p.outputSegmentation), replace=False)
+    if p.outputSegmentation and logic.segmentNameTaken(p.outputSegmentation, organ):
+        replace = askReplace(p.outputSegmentation.GetName(), organ)
+        if replace is None:
+            return None
+        options["replace"] = replace
+    return options
+
+
+def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
+    """Start the fit of the parameter node's annotation mode: (the job, its ``outputOptions``), or None
+    if the user cancelled. ``annotationInputs()`` gives the annotation's nodes (not called for "image");
+    a refit (curves, painted) replaces the last result."""
+    p = parameterNode
+    if p.annotationMode in ("image", "mask"):
+        inputs = annotationInputs() if p.annotationMode == "mask" else {}
+        outputs = outputOptions(logic, p, False, askReplace)
+        if outputs is None:
+            return None
+        if p.annotationMode == "image":
+            return logic.startImageFit(p.inputVolume, p.model), outputs
+        return logic.startMaskRefinement(model=p.model, **inputs), outputs
+    # The annotation is read before the question: an unreadable one asks nothing.
+    annotation = logic.readAnnotation(p.annotationMode, **annotationInputs())
+    outputs = outputOptions(logic, p, refit, askReplace)
+    if outputs is None:
+        return None
+    return logic.startFit(annotation, p.model, logic.fitSettings(p)), outputs
+
+
+def recordResult(parameterNode, result: dict, scene) -> None:
+    """Keep a finished fit's outputs in the parameter node (a refit updates them); a fit into a new
+    segmentation makes it the output segmentation."""
+    p = parameterNode
+    p.resultModel = scene.GetNodeByID(result["model_node_id"])
+    p.resultSegmentation = scene.GetNodeByID(result["segmentation_node_id"])
+    p.resultSegmentName = result["segment_name"]
+    if not p.outputSegmentation:
+        p.outputSegmentation = p.resultSegmentation

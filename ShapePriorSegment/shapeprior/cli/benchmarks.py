@@ -1,0 +1,124 @@
+"""``benchmark contours|image|refine``: methods against baselines on held-out data, in one process.
+
+``--markdown FILE`` keeps a document current: the part between ``<!-- begin shapeprior benchmark KIND -->``
+and ``<!-- end shapeprior benchmark KIND -->`` is replaced by the new table (the whole file is written
+when it has no such markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from ..settings import FitSettings
+from .options import add_settings, number, settings_from
+
+COUNT = number(int, (0, 100_000))
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="measure methods against baselines on held-out data")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    c = kinds.add_parser(
+        "contours", help="three orthogonal contours -> whole organ: DALS vs RBF, hull, fill-between-slices",
+        description="Cuts contours from held-out true surfaces and runs every method on them in this process.",
+    )
+    c.add_argument("--data", required=True, help="folder of true surfaces (e.g. the liver meshes)")
+    c.add_argument("--include", action="append", help="file-name patterns of held-out cases (default LiTS-*, 3Dircadb-*)")
+    c.add_argument("--limit", type=COUNT, default=20, help="number of cases, spread over the sorted list (0: all)")
+    c.add_argument("--planes", default="3,4,5,6,7,8,9", help="plane counts for the F@2%% curve")
+    c.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
+    add_settings(c, FitSettings)
+    c.set_defaults(run=run_contours)
+    i = kinds.add_parser(
+        "image", help="image -> organ: DISSM per stage vs a 3D U-Net on held-out images",
+        description="Fits the DISSM model to the held-out images of its dataset split and scores every stage "
+        "(Dice, HD95, ASSD, time) beside a U-Net run in the same process.",
+    )
+    i.add_argument("--data", required=True, help="the dataset folder the model was trained on")
+    i.add_argument("--model", default="hippocampus", help="dissm model (default: hippocampus)")
+    i.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (the baseline)")
+    i.add_argument("--limit", type=COUNT, default=0, help="first N held-out cases (0: all)")
+    i.set_defaults(run=run_image)
+    r = kinds.add_parser(
+        "refine", help="mask refinement: CNN masks and typical CNN failures before and after, and a CT example",
+        description="Refines the U-Net's masks of held-out hippocampus images and held-out true masks with thick "
+        "slices, a leak, a hole or a cut-off part (hippocampus and livers), scoring each against the truth before "
+        "and after; then the example CT's CNN liver mask, drawn over the scan with --figure.",
+    )
+    r.add_argument("--data", help="the hippocampus dataset folder (prepared with --images) of the hippocampus model")
+    r.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (its masks are refined)")
+    r.add_argument("--liver-meshes", help="folder of liver surfaces (held-out LiTS-*, 3Dircadb-* are voxelised at 2 mm)")
+    r.add_argument("--ct-example", help="TotalSegmentator example folder (example_ct.nii.gz, example_seg.nii.gz)")
+    r.add_argument("--figure", help="PNG of the CT example's refined liver over the scan")
+    r.add_argument("--limit", type=COUNT, default=0, help="first N held-out hippocampus cases (0: all)")
+    r.add_argument("--liver-limit", type=COUNT, default=8, help="held-out livers, spread over the sorted list")
+    r.set_defaults(run=run_refine)
+    for parser in (c, i, r):
+        parser.add_argument("--out", help="write per-case results here (JSON)")
+        parser.add_argument("--markdown", help="write the summary table here, or into its markers in a document "
+                            "(e.g. docs/benchmarks.md)")
+
+
+def run_contours(args: argparse.Namespace) -> int:
+    from ..bench.contours import run_benchmark, summarise
+
+    try:
+        planes = tuple(int(n) for n in args.planes.split(","))
+    except ValueError:
+        raise InputError(None, f"--planes must be integers separated by commas, got {args.planes!r}") from None
+    result = run_benchmark(Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model,
+                           settings_from(args, FitSettings), limit=args.limit or None, planes_curve=planes,
+                           progress=not args.quiet)
+    _write(args, result, summarise(result))
+    return 0
+
+
+def run_image(args: argparse.Namespace) -> int:
+    from ..bench.image import run_benchmark, summarise
+
+    result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet)
+    _write(args, result, summarise(result))
+    return 0
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    from ..bench.refine import ct_example, run_benchmark, summarise
+
+    result = run_benchmark(args.data, args.unet, args.liver_meshes, limit=args.limit or None,
+                           liver_limit=args.liver_limit, progress=not args.quiet)
+    table = summarise(result)
+    if args.ct_example:
+        ct = ct_example(args.ct_example, args.figure)
+        result["ct_example"] = ct
+        distance = ct["distance_to_mask_boundary_mm"]
+        table += (f"\n\nCT example (TotalSegmentator liver mask, 3 mm, {len(ct['border_faces'])} image faces "
+                  f"touched): refined in {ct['seconds']:.1f} s, Dice with the CNN mask {ct['dice_with_mask']:.3f}, "
+                  f"{ct['added_ml']:.0f} ml added, {ct['removed_ml']:.0f} ml removed; "
+                  f"{100 * distance['disagreeing_fraction']:.0f}% of the surface inside the scan is over "
+                  f"{distance['disagreeing_threshold_mm']:.0f} mm from the mask.")
+    _write(args, result, table)
+    return 0
+
+
+def replace_marked(document: str, kind: str, table: str) -> str | None:
+    """``document`` with its ``kind`` benchmark's marked part replaced by ``table``; None without markers."""
+    begin, end = f"<!-- begin shapeprior benchmark {kind} -->", f"<!-- end shapeprior benchmark {kind} -->"
+    if begin not in document or end not in document.split(begin, 1)[1]:
+        return None
+    head, rest = document.split(begin, 1)
+    return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
+
+
+def _write(args: argparse.Namespace, result: dict, table: str) -> None:
+    from ..io import atomic_output, write_json
+
+    if args.out:
+        write_json(result, args.out)
+    if args.markdown:
+        path = Path(args.markdown)
+        text = replace_marked(path.read_text(), args.kind, table) if path.is_file() else None
+        with atomic_output(path) as tmp:
+            tmp.write_text(text if text is not None else table + "\n")
+    print(table)

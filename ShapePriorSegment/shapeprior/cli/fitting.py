@@ -1,0 +1,242 @@
+"""``fit-contours``, ``fit-points``, ``fit-image``, ``refine-mask`` and ``demo``: read, check, fit, write.
+
+Every input and option is checked before the model is loaded; heavy modules are imported inside
+the ``run`` functions, after the parser has done its work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import InputError
+from ..settings import FitSettings, RefineSettings
+from .options import (
+    add_outputs,
+    add_settings,
+    check_input,
+    check_outputs,
+    given,
+    has_slicer_core,
+    number,
+    settings_from,
+)
+
+MODEL_OUTPUT = "fitted surface, LPS mm (.vtk/.vtp for Slicer, or .stl/.ply/.obj)"
+SCENE_OUTPUT = "Slicer scene bundle (.mrb)"
+STAGES_HELP = "translation, scale, rotation, shape, refine"
+
+
+def _labels_or_segment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label", help="label value(s) of a labelmap input; comma-separated labels are merged")
+    parser.add_argument("--segment", help="segment name in a Segment Editor .seg.nrrd (e.g. liver)")
+
+
+def _read_mask(args: argparse.Namespace, path: str):
+    from ..io.images import parse_labels, read_mask
+
+    return read_mask(path, parse_labels(args.label), segment=args.segment)
+
+
+def _dals_fit_options(parser: argparse.ArgumentParser, outputs: dict[str, str]) -> None:
+    parser.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
+    add_settings(parser, FitSettings)
+    add_outputs(parser, {"--out-model": MODEL_OUTPUT, **outputs,
+                         "--report": "JSON report: residuals, pose, iterations, time, warnings",
+                         "--out-scene": SCENE_OUTPUT + ": volume (--reference), curves, model, segmentation"})
+    parser.add_argument("--reference", help="image whose grid --out-seg uses (and shown in the scene)")
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-contours", help="closed curves on a few planes -> whole organ surface and segmentation",
+        description="Fit a DALS shape model to closed planar curves: one or more Slicer markups files (.mrk.json, "
+        "each with one or more closed curves, LPS or RAS, mixed freely), or one labelmap with a few painted "
+        "slices on any axes (.nii.gz, .nrrd, .seg.nrrd).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="input", help="curve files (.mrk.json), or one painted labelmap")
+    _labels_or_segment(p)
+    _dals_fit_options(p, {"--out-seg": "segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd) on --reference's grid "
+                                       "(default: the painted labelmap's)"})
+    p.set_defaults(run=run_fit_contours)
+
+    p = sub.add_parser("fit-points", help="point cloud -> organ surface and segmentation",
+                       description="Fit a DALS shape model to surface points from one or more files: Slicer point "
+                       "lists (.mrk.json), .ply or .xyz (LPS mm).")
+    p.add_argument("inputs", nargs="+", metavar="input", help="point files (.mrk.json point list, .ply, .xyz)")
+    _dals_fit_options(p, {"--out-seg": "segmentation labelmap on --reference's grid (.nii.gz, .nrrd, .seg.nrrd)"})
+    p.set_defaults(run=run_fit_points)
+
+    p = sub.add_parser(
+        "fit-image", help="image -> organ surface and segmentation with an implicit shape model and its pose agent (DISSM)",
+        description="Fit a DISSM model straight to an image: the learned agent places, scales, rotates and then "
+        "deforms the shape model (translation -> scale -> rotation -> shape), then refines it.",
+    )
+    p.add_argument("input", help="image (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--model", default="hippocampus", help="shipped model name or a .pt bundle (default: hippocampus)")
+    p.add_argument("--stages", help=f"stages to run, in order, to stop early for QA (default: all the model has: "
+                   f"{STAGES_HELP})")
+    p.add_argument("--steps", type=number(int, (1, 1000)),
+                   help="agent steps per stage (default: the model's)")
+    add_outputs(p, {"--out-model": MODEL_OUTPUT, "--out-seg": "segmentation on the image grid (.nii.gz, .nrrd or "
+                    ".seg.nrrd)", "--report": "JSON report: pose and loadings per stage, time",
+                    "--out-scene": SCENE_OUTPUT + ": image, model, segmentation"})
+    p.set_defaults(run=run_fit_image)
+
+    p = sub.add_parser(
+        "refine-mask", help="CNN mask -> smooth, plausible surface and segmentation with a shape prior",
+        description="Fit a shape model robustly to a mask (largest part; leaks, holes and cut-off parts barely "
+        "pull), then fuse it with the mask: the mask where both agree, the prior where they do not. A DALS model "
+        "fits a mesh to the mask boundary's distance map; an implicit (sdf/dissm) model fits pose and PCA "
+        "loadings to its signed distance map.",
+    )
+    p.add_argument("input", help="label image (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    p.add_argument("--model", required=True, help="shipped model name (liver, hippocampus) or a .pt bundle")
+    _labels_or_segment(p)
+    p.add_argument("--all-parts", action="store_true", help="fit all disconnected parts together (default: the largest)")
+    p.add_argument("--image", help="the image the mask belongs to, for the scene bundle")
+    add_settings(p, RefineSettings)
+    add_settings(p, FitSettings, RefineSettings().dals, only=("lambda_dir", "seed"))
+    p.add_argument("--global-only", action="store_true", help="DALS: one global latent, no per-vertex latents")
+    add_outputs(p, {"--out-model": "refined surface, LPS mm, with the point array DistanceToMaskBoundary_mm "
+                    "(.vtk/.vtp keep it; .stl/.ply/.obj)", "--out-seg": "segmentation on the mask's grid (.nii.gz, "
+                    ".nrrd or .seg.nrrd)", "--report": "JSON report: pose, disagreement with the mask, volumes, time, "
+                    "warnings", "--out-scene": SCENE_OUTPUT + ": image (--image), model, segmentation"})
+    p.set_defaults(run=run_refine_mask)
+
+    p = sub.add_parser(
+        "demo", help="fit the shipped liver model to the bundled sample contours",
+        description="Three orthogonal contours of an AMOS liver (the shipped sample) -> whole liver: writes a "
+        "model (.vtk, LPS), a segmentation (.seg.nrrd), a report and, with slicer-core, a scene (.mrb).",
+    )
+    p.add_argument("--out", default="shapeprior-demo", help="output folder (default: ./shapeprior-demo)")
+    p.add_argument("--model", default="liver")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs")
+    p.set_defaults(run=run_demo)
+
+
+def _read_curves(args: argparse.Namespace) -> tuple[list, object]:
+    """(curves LPS mm, the painted labelmap or None): every .mrk.json's closed curves, or one labelmap's."""
+    from ..io.labelmaps import painted_slice_contours
+    from ..io.markups import read_closed_curves
+
+    markups = [p for p in args.inputs if p.lower().endswith(".mrk.json")]
+    if not markups:
+        if len(args.inputs) > 1:
+            raise InputError(args.inputs[1], "one painted labelmap at a time (several inputs must all be .mrk.json)")
+        mask = _read_mask(args, args.inputs[0])
+        return painted_slice_contours(mask, args.inputs[0]), mask
+    if len(markups) < len(args.inputs):
+        other = next(p for p in args.inputs if p not in markups)
+        raise InputError(other, "not a markups file: give curve files (.mrk.json) or one painted labelmap")
+    if args.label or args.segment:
+        raise InputError(None, "--label and --segment choose from a labelmap input, not from curve files")
+    return [curve for path in markups for curve in read_closed_curves(path)], None
+
+
+def _grid(args: argparse.Namespace, inputs_grid=None):
+    """The grid --out-seg is written on: --reference's, else the input labelmap's; checked before the fit."""
+    from ..io import read_image
+
+    grid = read_image(check_input(args.reference)) if args.reference else inputs_grid
+    if args.out_seg and grid is None:
+        raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
+    return grid
+
+
+def run_fit_contours(args: argparse.Namespace) -> int:
+    check_outputs(args)
+    inputs = [check_input(p) for p in args.inputs]
+    curves, painted = _read_curves(args)
+    reference = _grid(args, painted)
+    from ..fit.run import fit_curves
+    from .output import fit_and_write
+
+    return fit_and_write(args, lambda progress: fit_curves(curves, args.model, settings_from(args, FitSettings),
+                                                           ", ".join(inputs), progress=progress),
+                         reference, args.reference)
+
+
+def run_fit_points(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..io.points import read_point_cloud
+
+    check_outputs(args)
+    inputs = [check_input(p) for p in args.inputs]
+    reference = _grid(args)
+    points = np.concatenate([read_point_cloud(p) for p in inputs])
+    from ..fit.run import fit_points
+    from .output import fit_and_write
+
+    return fit_and_write(args, lambda progress: fit_points(points, args.model, settings_from(args, FitSettings),
+                                                           ", ".join(inputs), progress=progress),
+                         reference, args.reference)
+
+
+def run_fit_image(args: argparse.Namespace) -> int:
+    from ..io import read_image
+
+    check_outputs(args)
+    image = read_image(check_input(args.input))
+    from ..fit.image_fit import fit_image
+    from ..models.registry import load_model
+    from .output import fit_and_write
+
+    bundle, model = load_model(args.model, kind="dissm")
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else list(model.stages)
+    if not stages or stages != list(model.stages[: len(stages)]):
+        raise InputError(None, f"--stages must be a leading part of {','.join(model.stages)}, got {args.stages!r}")
+    return fit_and_write(args, lambda progress: fit_image(image, (bundle, model), stages, args.steps,
+                                                          source=args.input, progress=progress),
+                         volume_path=args.input)
+
+
+def run_refine_mask(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..io import read_image
+
+    check_outputs(args)
+    check_input(args.input)
+    if args.image:
+        read_image(check_input(args.image))  # a bad image fails before the fit
+    mask = _read_mask(args, args.input)
+    from ..fit.refine_mask import refine_mask
+    from ..models.bundle import load_bundle
+    from .output import fit_and_write
+
+    kind = load_bundle(args.model).kind
+    dals_only = given(args, "lambda_dir", "global_only")
+    if kind != "dals" and dals_only:
+        raise InputError(None, f"{' and '.join(dals_only)} only apply to DALS models; {args.model} is a {kind!r} model")
+    base = RefineSettings()
+    dals = settings_from(args, FitSettings, base.dals)
+    dals = replace(dals, vertex_steps=0) if args.global_only else dals
+    settings = replace(settings_from(args, RefineSettings, base), dals=dals,
+                       implicit=replace(base.implicit, seed=dals.seed))
+    return fit_and_write(args, lambda progress: refine_mask(mask, args.model, args.input, args.all_parts, settings,
+                                                            progress=progress),
+                         volume_path=args.image)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .. import resources_dir
+    from . import build_parser
+
+    sample = resources_dir() / "SampleData"
+    out = args.out
+    argv = [
+        "fit-contours", str(sample / "liver-contours.mrk.json"), "--model", args.model,
+        "--reference", str(sample / "liver-painted.nii.gz"),
+        "--out-model", os.path.join(out, "liver.vtk"), "--out-seg", os.path.join(out, "liver.seg.nrrd"),
+        "--report", os.path.join(out, "report.json"),
+    ]
+    if has_slicer_core():
+        argv += ["--out-scene", os.path.join(out, "liver.mrb")]
+    if args.overwrite:
+        argv.append("--overwrite")
+    sub_args = build_parser().parse_args((["-q"] if args.quiet else []) + argv)
+    code = sub_args.run(sub_args)
+    print(f"demo outputs in {out}/ (open liver.mrb in 3D Slicer, or load liver.vtk and liver.seg.nrrd)")
+    return code

@@ -1,0 +1,67 @@
+"""The command line's one writer of an :class:`~shapeprior.fit.outcome.Outcome`, and its progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..fit.outcome import Outcome
+
+
+def progress_bar(quiet: bool):
+    """(tqdm bar, ``update(fraction, stage)``) for a fit's progress callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc="fit", disable=quiet, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def update(fraction: float, stage: str) -> None:
+        bar.set_description(stage, refresh=False)
+        bar.update(round(100 * fraction) - bar.n)
+
+    return bar, update
+
+
+def fit_and_write(args: argparse.Namespace, fit: Callable[[Callable[[float, str], None]], Outcome],
+                  reference: sitk.Image | None = None, volume_path: str | None = None) -> int:
+    """``fit(progress)`` under a progress bar, then :func:`write_outcome`; the command's exit code."""
+    bar, update = progress_bar(args.quiet)
+    with bar:
+        outcome = fit(update)
+    write_outcome(args, outcome, reference, volume_path)
+    return 0
+
+
+def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Image | None = None,
+                  volume_path: str | None = None) -> None:
+    """Write the outputs asked for (``--out-model``, ``--out-seg``, ``--report``, ``--out-scene``), print the
+    warnings and the summary.
+
+    The segmentation is the outcome's, or the surface voxelised on ``reference``'s grid. Everything is
+    computed before anything is written, and each file is written atomically, so a failure leaves no
+    partial set. ``volume_path``: the image shown in the scene bundle.
+    """
+    from ..io import write_json, write_mesh
+    from ..io.labelmaps import mesh_to_labelmap, write_labelmap
+
+    labelmap = outcome.labelmap
+    if args.out_seg and labelmap is None:
+        if reference is None:
+            raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
+        labelmap = mesh_to_labelmap(outcome.mesh, reference)
+    if args.out_model:
+        write_mesh(outcome.mesh, args.out_model, point_data=outcome.vertex_data or None)
+    if args.out_seg:
+        write_labelmap(labelmap, args.out_seg, name=outcome.organ)
+    if args.report:
+        write_json(outcome.report, args.report)
+    if args.out_scene:
+        from ..mrml.scene import write_scene_bundle
+
+        write_scene_bundle(args.out_scene, outcome, volume_path)
+    for warning in outcome.warnings:
+        print(f"shapeprior: warning: {warning}", file=sys.stderr)
+    print(outcome.summary)

@@ -1,0 +1,6 @@
+"""The package list: the core's packages plus ``shapeprior.resources`` (the Resources folder mapped
+into the wheel by pyproject.toml's package-dir; it has no __init__.py, so no finder sees it)."""
+
+from setuptools import find_packages, setup
+
+setup(packages=find_packages("ShapePriorSegment", include=["shapeprior*"]) + ["shapeprior.resources"])
