@@ -21,7 +21,7 @@ from shapeprior.io.markups import write_closed_curves
 from shapeprior.prep.surface import repair_mesh
 
 here = Path(__file__).parent
-truth, _ = repair_mesh(read_mesh(sys.argv[1]))
+truth, _ = repair_mesh(read_mesh(sys.argv[1], frame="RAS"))
 curves = cut_curves(truth, 3)
 # Keep every 4th point: about what a user places when drawing a curve by hand.
 write_closed_curves([c[::4] for c in curves], here / "liver-contours.mrk.json",

@@ -77,10 +77,11 @@ def main(mesh_path: str, out_path: Path = HERE / "fitted-liver.png") -> None:
         points = np.array([p["position"] for p in markup["controlPoints"]])
         renderer.AddActor(actor(contour_tube(points), VIEW_COLORS[int(np.argmin(points.std(axis=0)))], 0.4))
 
-    # Seen from the front right and above (LPS: -x right, -y anterior, +z superior).
+    # Seen from the front, a little from the right and above (LPS: -x right, -y anterior, +z superior),
+    # as in Slicer's anterior 3D view: the patient's right on the left of the picture.
     camera = renderer.GetActiveCamera()
     camera.SetFocalPoint(0, 0, 0)
-    camera.SetPosition(-0.5, -1.0, 0.9)
+    camera.SetPosition(-0.25, -1.0, 0.45)
     camera.SetViewUp(0, 0, 1)
     renderer.ResetCamera()
     camera.Zoom(1.5)

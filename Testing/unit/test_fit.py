@@ -42,7 +42,7 @@ from shapeprior.io.labelmaps import painted_slice_contours
 from shapeprior.io.markups import read_closed_curves, read_point_list, write_closed_curves
 from shapeprior.metrics import surface_metrics
 from shapeprior.models.bundle import load_bundle, resolve_model, save_bundle
-from shapeprior.models.dals import DALSConfig, DALSDecoder, bundle_tensors, decoder_from_bundle
+from shapeprior.models.dals import DALSConfig, DALSDecoder, bundle_tensors, decoder_from_bundle, rotated_tensors
 from shapeprior.transform import Similarity
 
 FAST = FitSettings(level=2, global_steps=20, vertex_steps=10, vertex_modes=8)
@@ -919,3 +919,18 @@ def test_run_benchmark_and_summary(tmp_path, tiny_model, helpers):
     assert "1 held-out cases" in text
     with pytest.raises(InputError, match="no meshes match"):
         run_benchmark(data, ["other_*"], str(tiny_model), settings, progress=False)
+
+
+def test_turning_a_dals_bundle_turns_every_decoded_surface_exactly(tiny_model):
+    """The liver model was trained on RAS surfaces and turned into LPS by rotated_tensors: decoding
+    the turned model gives the old surfaces turned half a turn about z, to the last bit."""
+    bundle = load_bundle(tiny_model, kind="dals")
+    half_turn = torch.diag(torch.tensor([-1.0, -1.0, 1.0]))
+    turned = replace(bundle, tensors=rotated_tensors(bundle, half_turn))
+    (old, mean), (new, _) = decoder_from_bundle(bundle), decoder_from_bundle(turned)
+    template, _ = icosphere(3)
+    latent = mean + 0.3 * torch.randn(len(mean), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = old(template, latent[None])[0] @ half_turn.T, new(template, latent[None])[0]
+    order = torch.cdist(template @ half_turn.T, template).argmin(1)  # the template maps onto itself
+    assert torch.equal(got[order], expected)

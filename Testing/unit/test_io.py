@@ -331,3 +331,15 @@ def test_check_same_grid(change, problem):
     assert err.value.path == "mask.nii.gz" and "img.nii.gz" in str(err.value)
     with pytest.raises(InputError, match="size"):
         check_same_grid(image, sitk.Image(6, 7, 9, sitk.sitkUInt8), "img.nii.gz", "mask.nii.gz")
+
+
+def test_meshes_without_a_frame_are_read_in_the_frame_given(tmp_path, mesh):
+    """OBJ, STL and PLY say no frame: surfaces exported in RAS (NIfTI world coordinates, as the
+    shared liver meshes are) are turned into LPS on reading; VTK files keep their header's frame."""
+    write_mesh(mesh, tmp_path / "shape.obj")
+    lps = read_mesh(tmp_path / "shape.obj")
+    ras = read_mesh(tmp_path / "shape.obj", frame="RAS")
+    np.testing.assert_allclose(ras.vertices, lps.vertices * RAS_TO_LPS, atol=1e-12)
+    assert ras.volume == pytest.approx(lps.volume)  # a half-turn: the faces keep their winding
+    write_mesh(mesh, tmp_path / "shape.vtk")
+    np.testing.assert_allclose(read_mesh(tmp_path / "shape.vtk", frame="RAS").vertices, mesh.vertices, atol=1e-6)

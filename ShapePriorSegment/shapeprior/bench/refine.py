@@ -79,9 +79,10 @@ def failure_mask(truth: sitk.Image, failure: str, seed: int) -> sitk.Image:
     raise ValueError(f"unknown failure {failure!r}")
 
 
-def liver_truth(path: Path) -> sitk.Image:
-    """A held-out liver surface voxelised on a 2 mm grid around it (LPS mm, identity directions)."""
-    mesh = read_mesh(path)
+def liver_truth(path: Path, mesh_frame: str = "LPS") -> sitk.Image:
+    """A held-out liver surface (read in ``mesh_frame``) voxelised on a 2 mm grid around it (LPS mm,
+    identity directions)."""
+    mesh = read_mesh(path, mesh_frame)
     lo = mesh.bounds[0] - 10.0
     size = np.ceil((mesh.bounds[1] + 10.0 - lo) / LIVER_SPACING_MM).astype(int)
     reference = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
@@ -102,7 +103,8 @@ def _score(rows: list, setting: str, case: str, mask: sitk.Image, truth: sitk.Im
 
 def run_benchmark(hippocampus_data: str | Path | None, unet: str | None, liver_meshes: str | Path | None,
                   hippocampus_model: str = "hippocampus", liver_model: str = "liver", limit: int | None = None,
-                  liver_limit: int = 8, progress: bool = True, settings: RefineSettings = RefineSettings()) -> dict:
+                  liver_limit: int = 8, progress: bool = True, settings: RefineSettings = RefineSettings(),
+                  mesh_frame: str = "LPS") -> dict:
     """Every setting on the data given; rows of (setting, case, mask|refined, Dice, HD95, ASSD, seconds)."""
     jobs = []  # (setting, case, make (mask, truth), model)
     if hippocampus_data is not None:
@@ -133,7 +135,7 @@ def run_benchmark(hippocampus_data: str | Path | None, unet: str | None, liver_m
         for path in chosen:
             for failure in FAILURES:
                 def liver_case(path=path, failure=failure):
-                    truth = liver_truth(path)
+                    truth = liver_truth(path, mesh_frame)
                     return failure_mask(truth, failure, zlib.crc32(f"{path.stem}/{failure}".encode())), truth
                 jobs.append((f"liver {failure}", path.stem, liver_case, liver_model))
     rows: list[dict] = []

@@ -1,4 +1,5 @@
-"""``benchmark contours|image|refine``: methods against baselines on held-out data, in one process.
+"""``benchmark contours|image|refine``: methods against baselines on held-out data, in one process;
+``benchmark hostile``: bad inputs through the command line.
 
 ``--markdown FILE`` keeps a document current: the part between ``<!-- begin shapeprior benchmark KIND -->``
 and ``<!-- end shapeprior benchmark KIND -->`` is replaced by the new table (the whole file is written
@@ -15,6 +16,7 @@ from ..settings import FitSettings
 from .options import add_settings, number, settings_from
 
 COUNT = number(int, (0, 100_000))
+MESH_FRAME_HELP = "frame of the surface files (OBJ has none; the shared liver meshes are RAS; default LPS)"
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +27,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Cuts contours from held-out true surfaces and runs every method on them in this process.",
     )
     c.add_argument("--data", required=True, help="folder of true surfaces (e.g. the liver meshes)")
+    c.add_argument("--mesh-frame", choices=("LPS", "RAS"), default="LPS", help=MESH_FRAME_HELP)
     c.add_argument("--include", action="append", help="file-name patterns of held-out cases (default LiTS-*, 3Dircadb-*)")
     c.add_argument("--limit", type=COUNT, default=20, help="number of cases, spread over the sorted list (0: all)")
     c.add_argument("--planes", default="3,4,5,6,7,8,9", help="plane counts for the F@2%% curve")
@@ -50,12 +53,20 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data", help="the hippocampus dataset folder (prepared with --images) of the hippocampus model")
     r.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (its masks are refined)")
     r.add_argument("--liver-meshes", help="folder of liver surfaces (held-out LiTS-*, 3Dircadb-* are voxelised at 2 mm)")
+    r.add_argument("--mesh-frame", choices=("LPS", "RAS"), default="LPS", help=MESH_FRAME_HELP)
     r.add_argument("--ct-example", help="TotalSegmentator example folder (example_ct.nii.gz, example_seg.nii.gz)")
     r.add_argument("--figure", help="PNG of the CT example's refined liver over the scan")
     r.add_argument("--limit", type=COUNT, default=0, help="first N held-out hippocampus cases (0: all)")
     r.add_argument("--liver-limit", type=COUNT, default=8, help="held-out livers, spread over the sorted list")
     r.set_defaults(run=run_refine)
-    for parser in (c, i, r):
+    h = kinds.add_parser(
+        "hostile", help="bad inputs and options through the command line: clear errors, tracebacks, memory, time",
+        description="Writes the hostile set (missing, truncated and corrupt files, absurd coordinates, crossing "
+        "curves, 4D images, crafted models, bad options and outputs, and valid float masks) to a temporary folder "
+        "and runs each case as its own `shapeprior` process under a 3 GB address-space cap.",
+    )
+    h.set_defaults(run=run_hostile)
+    for parser in (c, i, r, h):
         parser.add_argument("--out", help="write per-case results here (JSON)")
         parser.add_argument("--markdown", help="write the summary table here, or into its markers in a document "
                             "(e.g. docs/benchmarks.md)")
@@ -70,7 +81,7 @@ def run_contours(args: argparse.Namespace) -> int:
         raise InputError(None, f"--planes must be integers separated by commas, got {args.planes!r}") from None
     result = run_benchmark(Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model,
                            settings_from(args, FitSettings), limit=args.limit or None, planes_curve=planes,
-                           progress=not args.quiet)
+                           progress=not args.quiet, mesh_frame=args.mesh_frame)
     _write(args, result, summarise(result))
     return 0
 
@@ -87,7 +98,7 @@ def run_refine(args: argparse.Namespace) -> int:
     from ..bench.refine import ct_example, run_benchmark, summarise
 
     result = run_benchmark(args.data, args.unet, args.liver_meshes, limit=args.limit or None,
-                           liver_limit=args.liver_limit, progress=not args.quiet)
+                           liver_limit=args.liver_limit, progress=not args.quiet, mesh_frame=args.mesh_frame)
     table = summarise(result)
     if args.ct_example:
         ct = ct_example(args.ct_example, args.figure)
@@ -99,6 +110,14 @@ def run_refine(args: argparse.Namespace) -> int:
                   f"{100 * distance['disagreeing_fraction']:.0f}% of the surface inside the scan is over "
                   f"{distance['disagreeing_threshold_mm']:.0f} mm from the mask.")
     _write(args, result, table)
+    return 0
+
+
+def run_hostile(args: argparse.Namespace) -> int:
+    from ..bench.hostile import run_benchmark, summarise
+
+    result = run_benchmark(progress=not args.quiet)
+    _write(args, result, summarise(result))
     return 0
 
 

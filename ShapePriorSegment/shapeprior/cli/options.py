@@ -18,6 +18,9 @@ from ..errors import InputError
 from ..io.formats import LABELMAP_SUFFIXES, MESH_SUFFIXES
 
 
+METAVARS = {"int": "N", "float": "X", "list[int]": "N,N,...", "list[float]": "X,X,..."}
+
+
 def number(kind: type, bounds: tuple | None = None) -> Callable[[str], object]:
     """An argparse type: a finite ``kind`` within ``bounds`` (inclusive; default: not negative)."""
     lo, hi = bounds or (0, math.inf)
@@ -80,7 +83,9 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, base: object | None
             parser.add_argument(flag, dest=f.name, action="append", default=None, help=text)
         else:
             kind = _value_type(annotation, f.metadata.get("range"), f.metadata.get("count"))
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
+            metavar = None if "choices" in f.metadata else METAVARS.get(annotation.removesuffix(" | None"), "TEXT")
+            parser.add_argument(flag, dest=f.name, type=kind, choices=f.metadata.get("choices"), default=None,
+                                metavar=metavar, help=text)
 
 
 def settings_from(args: argparse.Namespace, cls: type, base: object | None = None):

@@ -76,9 +76,11 @@ def _read_vtk(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
-def read_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
+def read_mesh(path: str | os.PathLike, frame: str = "LPS") -> trimesh.Trimesh:
     """Read a triangle surface (OBJ, STL, PLY, OFF, VTK, VTP) in LPS millimetres.
 
+    VTK files say their frame in the header (Slicer's ``SPACE=RAS`` or ``LPS``); the other formats
+    do not, so ``frame`` says it ("LPS" or "RAS", e.g. surfaces exported in NIfTI world coordinates).
     Rejects missing or unreadable files, meshes with no faces and non-finite coordinates.
     """
     path = Path(path)
@@ -99,6 +101,8 @@ def read_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
         raise InputError(path, "mesh has no faces")
     if not np.isfinite(mesh.vertices).all():
         raise InputError(path, "mesh has NaN or infinite coordinates")
+    if frame == "RAS" and _suffix(path) not in (".vtk", ".vtp"):
+        mesh = trimesh.Trimesh(mesh.vertices * RAS_TO_LPS, mesh.faces, process=False)  # a rotation: faces keep winding
     # Merge duplicated vertices (OBJ exporters split them at seams) without reordering faces.
     mesh.merge_vertices()
     mesh.remove_unreferenced_vertices()

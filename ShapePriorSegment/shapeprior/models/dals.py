@@ -79,6 +79,23 @@ def decoder_from_bundle(bundle: ModelBundle) -> tuple[DALSDecoder, torch.Tensor]
     return decoder, bundle.tensors["latent_mean"].float()
 
 
+def rotated_tensors(bundle: ModelBundle, rotation: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A ``dals`` bundle's tensors for the same shapes turned by ``rotation`` (3, 3), exactly.
+
+    The first layer reads R^T x and the output layer writes R offset, so decoding the template
+    vertex R x gives R f(x). For a rotation that maps the icosphere onto itself (half-turns about the
+    axes do), every decoded surface is the old one turned, its vertices renumbered.
+    """
+    rotation = rotation.to(torch.float32)
+    tensors = dict(bundle.tensors)
+    first = tensors["decoder.hidden.0.weight"].clone()
+    first[:, :3] = first[:, :3] @ rotation.T
+    tensors["decoder.hidden.0.weight"] = first
+    tensors["decoder.out.weight"] = rotation @ tensors["decoder.out.weight"]
+    tensors["decoder.out.bias"] = rotation @ tensors["decoder.out.bias"]
+    return tensors
+
+
 def bundle_tensors(decoder: DALSDecoder, latents: torch.Tensor) -> dict[str, torch.Tensor]:
     """Tensors to store for a trained decoder and its (N, C) training latents."""
     tensors = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}

@@ -152,7 +152,8 @@ def _extract_surface(path: Path, kind: str, settings: PrepareSettings, image: Pa
             mesh, report = repair_mesh(mesh, settings.repair_voxel_mm, settings.target_vertices)
             info["repair"] = report.to_dict()
     else:
-        mesh, report = repair_mesh(read_mesh(path), settings.repair_voxel_mm, settings.target_vertices)
+        mesh, report = repair_mesh(read_mesh(path, settings.mesh_frame), settings.repair_voxel_mm,
+                                   settings.target_vertices)
         info["repair"] = report.to_dict()
     return mesh, info
 
