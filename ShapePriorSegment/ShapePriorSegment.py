@@ -93,7 +93,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # the running FitJob
+        self._job = None  # the running BackgroundJob
         self._jobOutputs = {}
         self._jobCurveNames = []
         self._refitCurve = None  # the contour being drawn for "add contour and refit"

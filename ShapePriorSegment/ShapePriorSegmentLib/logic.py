@@ -121,12 +121,14 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
     def _pipEnsure(requirements: list) -> None:
         """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) without its own prompt, since the
         panel has asked already; ``pip_install`` in older Slicer."""
+        from packaging.requirements import Requirement
+
         try:
-            from slicer import packaging
-        except ImportError:
+            from slicer.packaging import pip_ensure
+        except ImportError:  # before Slicer 5.12 (or a slicer.packaging without it)
             slicer.util.pip_install(requirements)
             return
-        packaging.pip_ensure(requirements, prompt_install=False, requester="ShapePriorSegment")
+        pip_ensure([Requirement(r) for r in requirements], prompt_install=False, requester="ShapePriorSegment")
 
     # ---------------------------------------------------------------- models
 

@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 
 
 def resources_dir() -> Path:
-    """The shipped models and sample data: ``shapeprior/resources`` in an installed wheel, the
-    repository's ``Resources`` folder in a source checkout (editable install)."""
-    packaged = Path(__file__).resolve().parent / "resources"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "Resources"
+    """The shipped models and sample data: ``shapeprior/resources`` in an installed wheel,
+    ``Resources`` beside the package in an installed Slicer extension, the repository's
+    ``Resources`` folder in a source checkout (editable install)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "resources", here.parent / "Resources", here.parents[1] / "Resources"]
+    return next((c for c in candidates if c.is_dir()), candidates[-1])

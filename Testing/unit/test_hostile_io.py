@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 import trimesh
 
+from shapeprior.bench.hostile import negate_first_spacing, write_malicious_models
 from shapeprior.errors import InputError
 from shapeprior.fit import contours
 from shapeprior.fit.contours import first_crossing, group_planes, resample_closed_curve
@@ -21,6 +24,7 @@ from shapeprior.io.images import read_image, read_mask, segment_names
 from shapeprior.io.labelmaps import painted_slice_contours
 from shapeprior.io.markups import read_closed_curves, read_point_list
 from shapeprior.io.points import read_point_cloud
+from shapeprior.models.bundle import load_bundle, read_header
 
 
 def loop(centre, u, v, a: float, b: float, count: int = 24) -> np.ndarray:
@@ -311,11 +315,27 @@ def test_bad_image_headers(tmp_path, volume, old, new, problem):
         read_image(path)
 
 
-def test_negative_spacing_is_a_flipped_axis(tmp_path, volume):
+def test_nrrd_direction_pointing_back_is_a_flipped_axis(tmp_path, volume):
+    """NRRD has no spacing sign: a space direction's sign is the axis's orientation, read alike everywhere."""
     path = _nrrd_with(tmp_path, volume, b"(0.69999999999999996,0,0)", b"(-0.7,0,0)")
     image = read_image(path)
     assert image.GetSpacing() == pytest.approx((0.7, 0.8, 2.0))
     np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((2, 0, 0)), (-11.4, 5.0, 3.0))
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v.mha"])
+def test_negative_spacing_is_refused_where_readers_disagree(tmp_path, volume, name):
+    """NIfTI pixdim or MetaImage ElementSpacing < 0: ITK (so Slicer) mirrors the axis about the origin,
+    putting voxel (2, 0, 0) of this image at x = -11.4 mm where NiBabel (from the NIfTI's sform or
+    qform) and VTK's MetaImage reader put it at -8.6 mm."""
+    path = tmp_path / name
+    sitk.WriteImage(volume, str(path), useCompression=name.endswith(".gz"))
+    negate_first_spacing(path)
+    assert sitk.ReadImage(str(path)).TransformIndexToPhysicalPoint((2, 0, 0))[0] == pytest.approx(-11.4)
+    with raises_for(path, "pixel spacing -0.7 x 0.8 x 2 mm in the header; tools disagree on where its voxels are"):
+        read_image(path)
+    with raises_for(path, "tools disagree"):
+        read_mask(path)
 
 
 def test_4d_and_multicomponent_images(tmp_path):
@@ -513,3 +533,31 @@ def test_point_list_and_ply_read_in_lps(tmp_path):
     np.testing.assert_allclose(read_point_cloud(markups_file(tmp_path / "p.mrk.json", [cloud], "Fiducial")), cloud)
     trimesh.PointCloud(cloud).export(tmp_path / "p.ply")
     np.testing.assert_allclose(read_point_cloud(tmp_path / "p.ply"), cloud, atol=1e-4)
+
+
+# ------------------------------------------------------------------ model files
+
+
+def test_model_header_is_read_without_torch(tiny_model):
+    header = read_header(tiny_model, "dals")
+    bundle = load_bundle(tiny_model, "dals")
+    assert header.metadata == bundle.metadata and header.organ == "liver"
+    assert set(header.tensors) == set(bundle.tensors) and set(header.tensors.values()) == {None}
+    with raises_for(tiny_model, "a 'dals' model; this command needs a 'dissm' model"):
+        read_header(tiny_model, "dissm")
+    code = ("import sys; from shapeprior.models.bundle import read_header; "
+            "print(read_header('hippocampus').kind, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["dissm", "False"], result.stderr
+
+
+def test_crafted_model_files_never_run_code(tmp_path, tiny_model):
+    marker = tmp_path / "ran"
+    write_malicious_models(tmp_path, marker)
+    data = Path(tiny_model).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    for name in ("evil.pt", "evil-legacy.pt", "cut.pt"):
+        for read in (read_header, load_bundle):
+            with raises_for(tmp_path / name, r"not a readable shapeprior model \((UnpicklingError|BadZipFile)\)"):
+                read(tmp_path / name)
+    assert not marker.exists()

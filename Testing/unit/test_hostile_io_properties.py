@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,7 @@ from shapeprior.io import images, markups, points
 from shapeprior.io.images import read_image, read_mask
 from shapeprior.io.markups import read_closed_curves, read_point_list
 from shapeprior.io.points import read_point_cloud
+from shapeprior.models.bundle import read_header
 
 # Modest and derandomised: the whole file runs in well under a minute on two shared cores.
 FUZZ = settings(max_examples=40, deadline=None, database=None, derandomize=True,
@@ -73,6 +76,10 @@ def check_mask(mask: sitk.Image) -> None:
     check_image(mask)
     values = sitk.GetArrayViewFromImage(mask)
     assert values.dtype == np.uint8 and values.max() == 1
+
+
+def check_header(header) -> None:
+    assert isinstance(header.kind, str) and isinstance(header.metadata, dict) and isinstance(header.tensors, dict)
 
 
 # ------------------------------------------------------------------ markups
@@ -271,3 +278,31 @@ def test_the_unmutated_clouds_are_read(tmp_path, suffix):
         path.write_text(json.dumps(document))
     np.testing.assert_allclose(read_point_cloud(path), valid_cloud(), atol=1e-4)
     assert points.MAX_POINTS >= 20 and images.MAX_VOXELS >= 336
+
+
+# ------------------------------------------------------------------ model files
+
+
+def mutated_bundle(data: st.DataObject, bundle: bytes) -> bytes:
+    """The bundle's bytes cut, or its pickle cut or changed and stored again (so the zip's CRC holds)."""
+    if data.draw(st.booleans()):
+        return bundle[: data.draw(st.integers(1, len(bundle) - 1))]
+    source, target = zipfile.ZipFile(io.BytesIO(bundle)), io.BytesIO()
+    with zipfile.ZipFile(target, "w") as archive:
+        for entry in source.infolist():
+            content = bytearray(source.read(entry))
+            if entry.filename.endswith("/data.pkl"):
+                if data.draw(st.booleans()):
+                    content = content[: data.draw(st.integers(0, len(content) - 1))]
+                for _ in range(data.draw(st.integers(0, 4))):
+                    content[data.draw(st.integers(0, len(content) - 1))] = data.draw(st.integers(0, 255))
+            archive.writestr(entry.filename, bytes(content))
+    return target.getvalue()
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_model_headers(tmp_path, tiny_model, data):
+    path = tmp_path / "model.pt"
+    path.write_bytes(mutated_bundle(data, tiny_model.read_bytes()))
+    refused_or_valid(read_header, path, check_header)

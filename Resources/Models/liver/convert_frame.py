@@ -13,10 +13,11 @@ import sys
 
 import torch
 
+from shapeprior.io.frames import RAS_TO_LPS
 from shapeprior.models.bundle import load_bundle, save_bundle
 from shapeprior.models.dals import rotated_tensors
 
-HALF_TURN_Z = torch.diag(torch.tensor([-1.0, -1.0, 1.0]))  # RAS <-> LPS
+HALF_TURN_Z = torch.diag(torch.tensor(RAS_TO_LPS))
 
 path = sys.argv[1]
 bundle = load_bundle(path, kind="dals")

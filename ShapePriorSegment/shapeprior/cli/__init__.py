@@ -8,11 +8,18 @@ parser imports no torch, VTK or ITK: errors and ``--help`` come at once.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import NoReturn, Sequence
 
 from .. import __version__
 from ..errors import InputError
+
+# Set by Ctrl-C. A compiled extension interrupted while it is imported turns the KeyboardInterrupt into
+# its own error (pybind11: "ImportError: std::bad_cast"), and optional imports swallow such errors, so
+# the interrupt is remembered: any error after it, and the next progress update, end the command.
+_interrupted = False
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,8 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_interrupt(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed, even if what it interrupted swallowed it."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is \
+            signal.default_int_handler:  # not where an embedding program handles Ctrl-C itself
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -49,7 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         print(f"shapeprior: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        if not _interrupted:
+            raise
+        return _interrupted_exit(args)
     except KeyboardInterrupt:
-        resume = "; re-run the same command to resume" if getattr(args, "resumable", False) else ""
-        print(f"shapeprior: interrupted{resume}", file=sys.stderr)
-        return 130
+        return _interrupted_exit(args)
+
+
+def _interrupted_exit(args: argparse.Namespace | None) -> int:
+    resume = "; re-run the same command to resume" if getattr(args, "resumable", False) else ""
+    print(f"shapeprior: interrupted{resume}", file=sys.stderr)
+    return 130

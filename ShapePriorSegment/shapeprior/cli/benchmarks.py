@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from ..errors import InputError
 from ..settings import FitSettings
@@ -33,7 +34,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--planes", default="3,4,5,6,7,8,9", help="plane counts for the F@2%% curve")
     c.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
     add_settings(c, FitSettings)
-    c.set_defaults(run=run_contours)
+    c.set_defaults(run=_benchmark(measure_contours))
     i = kinds.add_parser(
         "image", help="image -> organ: DISSM per stage vs a 3D U-Net on held-out images",
         description="Fits the DISSM model to the held-out images of its dataset split and scores every stage "
@@ -43,7 +44,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--model", default="hippocampus", help="dissm model (default: hippocampus)")
     i.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (the baseline)")
     i.add_argument("--limit", type=COUNT, default=0, help="first N held-out cases (0: all)")
-    i.set_defaults(run=run_image)
+    i.set_defaults(run=_benchmark(measure_image))
     r = kinds.add_parser(
         "refine", help="mask refinement: CNN masks and typical CNN failures before and after, and a CT example",
         description="Refines the U-Net's masks of held-out hippocampus images and held-out true masks with thick "
@@ -58,21 +59,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--figure", help="PNG of the CT example's refined liver over the scan")
     r.add_argument("--limit", type=COUNT, default=0, help="first N held-out hippocampus cases (0: all)")
     r.add_argument("--liver-limit", type=COUNT, default=8, help="held-out livers, spread over the sorted list")
-    r.set_defaults(run=run_refine)
+    r.set_defaults(run=_benchmark(measure_refine))
     h = kinds.add_parser(
         "hostile", help="bad inputs and options through the command line: clear errors, tracebacks, memory, time",
         description="Writes the hostile set (missing, truncated and corrupt files, absurd coordinates, crossing "
         "curves, 4D images, crafted models, bad options and outputs, and valid float masks) to a temporary folder "
         "and runs each case as its own `shapeprior` process under a 3 GB address-space cap.",
     )
-    h.set_defaults(run=run_hostile)
+    h.set_defaults(run=_benchmark(measure_hostile))
     for parser in (c, i, r, h):
         parser.add_argument("--out", help="write per-case results here (JSON)")
         parser.add_argument("--markdown", help="write the summary table here, or into its markers in a document "
                             "(e.g. docs/benchmarks.md)")
 
 
-def run_contours(args: argparse.Namespace) -> int:
+def measure_contours(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.contours import run_benchmark, summarise
 
     try:
@@ -82,21 +83,21 @@ def run_contours(args: argparse.Namespace) -> int:
     result = run_benchmark(Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model,
                            settings_from(args, FitSettings), limit=args.limit or None, planes_curve=planes,
                            progress=not args.quiet, mesh_frame=args.mesh_frame)
-    _write(args, result, summarise(result))
-    return 0
+    return result, summarise(result)
 
 
-def run_image(args: argparse.Namespace) -> int:
+def measure_image(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.image import run_benchmark, summarise
 
     result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet)
-    _write(args, result, summarise(result))
-    return 0
+    return result, summarise(result)
 
 
-def run_refine(args: argparse.Namespace) -> int:
+def measure_refine(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.refine import ct_example, run_benchmark, summarise
 
+    if not (args.data or args.liver_meshes or args.ct_example):
+        raise InputError(None, "nothing to benchmark: give --data, --liver-meshes and/or --ct-example")
     result = run_benchmark(args.data, args.unet, args.liver_meshes, limit=args.limit or None,
                            liver_limit=args.liver_limit, progress=not args.quiet, mesh_frame=args.mesh_frame)
     table = summarise(result)
@@ -109,16 +110,14 @@ def run_refine(args: argparse.Namespace) -> int:
                   f"{ct['added_ml']:.0f} ml added, {ct['removed_ml']:.0f} ml removed; "
                   f"{100 * distance['disagreeing_fraction']:.0f}% of the surface inside the scan is over "
                   f"{distance['disagreeing_threshold_mm']:.0f} mm from the mask.")
-    _write(args, result, table)
-    return 0
+    return result, table
 
 
-def run_hostile(args: argparse.Namespace) -> int:
+def measure_hostile(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.hostile import run_benchmark, summarise
 
     result = run_benchmark(progress=not args.quiet)
-    _write(args, result, summarise(result))
-    return 0
+    return result, summarise(result)
 
 
 def replace_marked(document: str, kind: str, table: str) -> str | None:
@@ -130,14 +129,33 @@ def replace_marked(document: str, kind: str, table: str) -> str | None:
     return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
 
 
-def _write(args: argparse.Namespace, result: dict, table: str) -> None:
-    from ..io import atomic_output, write_json
+def _document(args: argparse.Namespace) -> str | None:
+    """The --markdown document's text when it exists; checked before the benchmark runs, so a
+    document without this benchmark's markers is refused at once instead of overwritten."""
+    path = Path(args.markdown) if args.markdown else None
+    if path is None or not path.is_file():
+        return None
+    document = path.read_text()
+    if replace_marked(document, args.kind, "") is None:
+        raise InputError(path, f"has no <!-- begin/end shapeprior benchmark {args.kind} --> markers; give a new "
+                         "file or add them")
+    return document
 
-    if args.out:
-        write_json(result, args.out)
-    if args.markdown:
-        path = Path(args.markdown)
-        text = replace_marked(path.read_text(), args.kind, table) if path.is_file() else None
-        with atomic_output(path) as tmp:
-            tmp.write_text(text if text is not None else table + "\n")
-    print(table)
+
+def _benchmark(measure: Callable[[argparse.Namespace], tuple[dict, str]]) -> Callable[[argparse.Namespace], int]:
+    """The command: check --markdown, measure, then write the JSON, the document and the table."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ..io import atomic_output, write_json
+
+        document = _document(args)
+        result, table = measure(args)
+        if args.out:
+            write_json(result, args.out)
+        if args.markdown:
+            with atomic_output(args.markdown) as tmp:
+                tmp.write_text(replace_marked(document, args.kind, table) if document is not None else table + "\n")
+        print(table)
+        return 0
+
+    return run

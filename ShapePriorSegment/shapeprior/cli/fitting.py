@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
 from ..errors import InputError
 from ..settings import FitSettings, RefineSettings
@@ -38,12 +39,15 @@ def _read_mask(args: argparse.Namespace, path: str):
     return read_mask(path, parse_labels(args.label), segment=args.segment)
 
 
-def _dals_fit_options(parser: argparse.ArgumentParser, outputs: dict[str, str]) -> None:
+def _dals_fit_options(parser: argparse.ArgumentParser, outputs: dict[str, str], contours: bool) -> None:
     parser.add_argument("--model", default="liver", help="shipped model name or a .pt bundle (default: liver)")
-    add_settings(parser, FitSettings)
+    options = [f.name for f in fields(FitSettings) if contours or f.name != "contour_blend_mm"]
+    add_settings(parser, FitSettings, only=tuple(options))
     add_outputs(parser, {"--out-model": MODEL_OUTPUT, **outputs,
-                         "--report": "JSON report: residuals, pose, iterations, time, warnings",
-                         "--out-scene": SCENE_OUTPUT + ": volume (--reference), curves, model, segmentation"})
+                         "--report": "JSON report: " + ("per-curve residuals, " if contours else "") +
+                         "pose, iterations, time, warnings",
+                         "--out-scene": SCENE_OUTPUT + ": volume (--reference), " + ("curves, " if contours else "") +
+                         "model, segmentation"})
     parser.add_argument("--reference", help="image whose grid --out-seg uses (and shown in the scene)")
 
 
@@ -57,14 +61,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="input", help="curve files (.mrk.json), or one painted labelmap")
     _labels_or_segment(p)
     _dals_fit_options(p, {"--out-seg": "segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd) on --reference's grid "
-                                       "(default: the painted labelmap's)"})
+                                       "(default: the painted labelmap's)"}, contours=True)
     p.set_defaults(run=run_fit_contours)
 
     p = sub.add_parser("fit-points", help="point cloud -> organ surface and segmentation",
                        description="Fit a DALS shape model to surface points from one or more files: Slicer point "
                        "lists (.mrk.json), .ply or .xyz (LPS mm).")
     p.add_argument("inputs", nargs="+", metavar="input", help="point files (.mrk.json point list, .ply, .xyz)")
-    _dals_fit_options(p, {"--out-seg": "segmentation labelmap on --reference's grid (.nii.gz, .nrrd, .seg.nrrd)"})
+    _dals_fit_options(p, {"--out-seg": "segmentation labelmap on --reference's grid (.nii.gz, .nrrd, .seg.nrrd)"},
+                      contours=False)
     p.set_defaults(run=run_fit_points)
 
     p = sub.add_parser(
@@ -117,13 +122,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _read_curves(args: argparse.Namespace) -> tuple[list, object]:
     """(curves LPS mm, the painted labelmap or None): every .mrk.json's closed curves, or one labelmap's."""
-    from ..io.labelmaps import painted_slice_contours
     from ..io.markups import read_closed_curves
 
     markups = [p for p in args.inputs if p.lower().endswith(".mrk.json")]
     if not markups:
         if len(args.inputs) > 1:
             raise InputError(args.inputs[1], "one painted labelmap at a time (several inputs must all be .mrk.json)")
+        from ..io.labelmaps import painted_slice_contours
+
         mask = _read_mask(args, args.inputs[0])
         return painted_slice_contours(mask, args.inputs[0]), mask
     if len(markups) < len(args.inputs):
@@ -144,51 +150,79 @@ def _grid(args: argparse.Namespace, inputs_grid=None):
     return grid
 
 
+def _check_annotation(args: argparse.Namespace, points, source: str) -> None:
+    """The model is a DALS bundle and the annotation's points (LPS mm) are of its organ's size: read from
+    the bundle's header, so these errors come before torch is imported."""
+    from ..fit.size import check_extent
+    from ..models.bundle import read_header
+
+    check_extent(read_header(args.model, "dals"), points, source)
+
+
 def run_fit_contours(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..fit.contours import check_curves
+
     check_outputs(args)
-    inputs = [check_input(p) for p in args.inputs]
+    source = ", ".join(check_input(p) for p in args.inputs)
     curves, painted = _read_curves(args)
+    check_curves(curves, source)
+    _check_annotation(args, np.concatenate(curves), source)
     reference = _grid(args, painted)
     from ..fit.run import fit_curves
     from .output import fit_and_write
 
     return fit_and_write(args, lambda progress: fit_curves(curves, args.model, settings_from(args, FitSettings),
-                                                           ", ".join(inputs), progress=progress),
+                                                           source, progress=progress),
                          reference, args.reference)
 
 
 def run_fit_points(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io.points import read_point_cloud
+    from ..io.points import check_fit_points, read_point_cloud
 
     check_outputs(args)
     inputs = [check_input(p) for p in args.inputs]
+    source = ", ".join(inputs)
+    points = check_fit_points(np.concatenate([read_point_cloud(p) for p in inputs]), source)
+    _check_annotation(args, points, source)
     reference = _grid(args)
-    points = np.concatenate([read_point_cloud(p) for p in inputs])
     from ..fit.run import fit_points
     from .output import fit_and_write
 
     return fit_and_write(args, lambda progress: fit_points(points, args.model, settings_from(args, FitSettings),
-                                                           ", ".join(inputs), progress=progress),
+                                                           source, progress=progress),
                          reference, args.reference)
+
+
+def _stages(args: argparse.Namespace) -> list[str]:
+    """``--stages`` (default: all), a leading part of the DISSM model's stages: its pose agent's, then
+    ``refine`` if it has a refiner. From the bundle's header, before torch is imported."""
+    from ..models.bundle import read_header
+
+    header = read_header(args.model, "dissm")
+    available = list(header.metadata["agent"]["stages"])
+    available += ["refine"] if any(name.startswith("refiner.") for name in header.tensors) else []
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else available
+    if not stages or stages != available[: len(stages)]:
+        raise InputError(None, f"--stages must be a leading part of {','.join(available)}, got {args.stages!r}")
+    return stages
 
 
 def run_fit_image(args: argparse.Namespace) -> int:
     from ..io import read_image
 
     check_outputs(args)
-    image = read_image(check_input(args.input))
+    check_input(args.input)
+    stages = _stages(args)
+    image = read_image(args.input)
     from ..fit.image_fit import fit_image
-    from ..models.registry import load_model
     from .output import fit_and_write
 
-    bundle, model = load_model(args.model, kind="dissm")
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else list(model.stages)
-    if not stages or stages != list(model.stages[: len(stages)]):
-        raise InputError(None, f"--stages must be a leading part of {','.join(model.stages)}, got {args.stages!r}")
-    return fit_and_write(args, lambda progress: fit_image(image, (bundle, model), stages, args.steps,
-                                                          source=args.input, progress=progress),
+    return fit_and_write(args, lambda progress: fit_image(image, args.model, stages, args.steps, source=args.input,
+                                                          progress=progress),
                          volume_path=args.input)
 
 
@@ -196,20 +230,22 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..io import read_image
+    from ..models.bundle import read_header
 
     check_outputs(args)
     check_input(args.input)
+    kind = read_header(args.model).kind
+    dals_only = given(args, "lambda_dir", "global_only")
+    if kind != "dals" and dals_only:
+        verb = "applies" if len(dals_only) == 1 else "apply"
+        raise InputError(None, f"{' and '.join(dals_only)} only {verb} to DALS models; "
+                         f"{args.model} is a {kind!r} model")
     if args.image:
         read_image(check_input(args.image))  # a bad image fails before the fit
     mask = _read_mask(args, args.input)
     from ..fit.refine_mask import refine_mask
-    from ..models.bundle import load_bundle
     from .output import fit_and_write
 
-    kind = load_bundle(args.model).kind
-    dals_only = given(args, "lambda_dir", "global_only")
-    if kind != "dals" and dals_only:
-        raise InputError(None, f"{' and '.join(dals_only)} only apply to DALS models; {args.model} is a {kind!r} model")
     base = RefineSettings()
     dals = settings_from(args, FitSettings, base.dals)
     dals = replace(dals, vertex_steps=0) if args.global_only else dals

@@ -17,7 +17,6 @@ from typing import Callable
 from ..errors import InputError
 from ..io.formats import LABELMAP_SUFFIXES, MESH_SUFFIXES
 
-
 METAVARS = {"int": "N", "float": "X", "list[int]": "N,N,...", "list[float]": "X,X,..."}
 
 

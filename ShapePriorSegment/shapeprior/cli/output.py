@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..fit.outcome import Outcome
+from . import stop_if_interrupted
 
 
 def progress_bar(quiet: bool):
@@ -27,10 +28,18 @@ def progress_bar(quiet: bool):
 
 def fit_and_write(args: argparse.Namespace, fit: Callable[[Callable[[float, str], None]], Outcome],
                   reference: sitk.Image | None = None, volume_path: str | None = None) -> int:
-    """``fit(progress)`` under a progress bar, then :func:`write_outcome`; the command's exit code."""
+    """``fit(progress)`` under a progress bar, then :func:`write_outcome`; the command's exit code.
+    Ctrl-C pressed at any time before the outputs are written stops the command (at the next progress
+    update), even if a library swallowed its KeyboardInterrupt."""
     bar, update = progress_bar(args.quiet)
+
+    def checked_update(fraction: float, stage: str) -> None:
+        stop_if_interrupted()
+        update(fraction, stage)
+
     with bar:
-        outcome = fit(update)
+        outcome = fit(checked_update)
+    stop_if_interrupted()
     write_outcome(args, outcome, reference, volume_path)
     return 0
 
@@ -41,8 +50,9 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
     warnings and the summary.
 
     The segmentation is the outcome's, or the surface voxelised on ``reference``'s grid. Everything is
-    computed before anything is written, and each file is written atomically, so a failure leaves no
-    partial set. ``volume_path``: the image shown in the scene bundle.
+    computed first, and the scene bundle, the one output that can still fail on its input (an image
+    Slicer cannot read), is written before the others; each file is written atomically, so a
+    failure leaves no partial set. ``volume_path``: the image shown in the scene bundle.
     """
     from ..io import write_json, write_mesh
     from ..io.labelmaps import mesh_to_labelmap, write_labelmap
@@ -52,16 +62,16 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
         if reference is None:
             raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
         labelmap = mesh_to_labelmap(outcome.mesh, reference)
+    if args.out_scene:
+        from ..mrml.scene import write_scene_bundle
+
+        write_scene_bundle(args.out_scene, outcome, volume_path)
     if args.out_model:
         write_mesh(outcome.mesh, args.out_model, point_data=outcome.vertex_data or None)
     if args.out_seg:
         write_labelmap(labelmap, args.out_seg, name=outcome.organ)
     if args.report:
         write_json(outcome.report, args.report)
-    if args.out_scene:
-        from ..mrml.scene import write_scene_bundle
-
-        write_scene_bundle(args.out_scene, outcome, volume_path)
     for warning in outcome.warnings:
         print(f"shapeprior: warning: {warning}", file=sys.stderr)
     print(outcome.summary)

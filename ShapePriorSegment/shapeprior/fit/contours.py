@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 
 from ..errors import InputError
 
@@ -38,7 +37,7 @@ class Plane:
 
     origin: np.ndarray  # (3,) a point on the plane
     normal: np.ndarray  # (3,) unit normal
-    curves: list[np.ndarray] = field(default_factory=list)  # each (N_i, 3), densely resampled
+    curves: list[np.ndarray] = field(default_factory=list)  # each (N_i, 3): resampled by group_planes
     curve_ids: list[int] = field(default_factory=list)  # index of each curve in the input order
 
     @property
@@ -61,6 +60,8 @@ def resample_closed_curve(points: np.ndarray, spacing_mm: float = 1.0) -> np.nda
     interpolation, so sparse control points give a smooth curve; dense polylines
     (contours of painted slices) pass through unchanged.
     """
+    from scipy.interpolate import CubicSpline  # here: refusing bad curves needs only numpy, and comes at once
+
     loop = distinct_loop(points)
     closed = np.vstack([loop, loop[:1]])
     t = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(closed, axis=0), axis=1))])
@@ -183,9 +184,9 @@ def _check_curve(raw, index: int, source: str, tolerance_mm: float) -> tuple[np.
     return raw, centroid, normal
 
 
-def _check_plane_curves(plane: Plane, raw_curves: list[np.ndarray], source: str) -> None:
+def _check_plane_curves(plane: Plane, source: str) -> None:
     """Refuse a curve of ``plane`` whose points lie on a line or that crosses itself, and two that cross."""
-    polygons = [distinct_loop(plane_coordinates(c, plane.origin, plane.normal)) for c in raw_curves]
+    polygons = [distinct_loop(plane_coordinates(c, plane.origin, plane.normal)) for c in plane.curves]
     for curve_id, xy in zip(plane.curve_ids, polygons):
         spread = np.linalg.svd(xy - xy.mean(0), compute_uv=False)  # along and across the curve
         if spread[1] < MIN_WIDTH_RATIO * spread[0]:
@@ -196,8 +197,9 @@ def _check_plane_curves(plane: Plane, raw_curves: list[np.ndarray], source: str)
         raise InputError(source, f"curve {a} crosses itself" if a == b else f"curves {a} and {b} cross each other")
 
 
-def group_planes(curves: list[np.ndarray], source: str = "contours", tolerance_mm: float = 1.5) -> list[Plane]:
-    """Check and resample closed curves (each (N_i, 3), LPS mm) and group those on a common plane.
+def check_curves(curves: list[np.ndarray], source: str = "contours", tolerance_mm: float = 1.5) -> list[Plane]:
+    """Check closed curves (each (N_i, 3), LPS mm) and group those on a common plane; each plane holds
+    its curves as given. Only numpy is needed, so bad curves are refused at once.
 
     Raises InputError for more than :data:`MAX_CURVES` curves, NaN points, curves with < 3 points,
     non-planar curves, a curve with its points on a line or crossing itself, two curves of a
@@ -206,21 +208,26 @@ def group_planes(curves: list[np.ndarray], source: str = "contours", tolerance_m
     if len(curves) > MAX_CURVES:
         raise InputError(source, f"{len(curves)} curves; at most {MAX_CURVES} are used (draw a few planes)")
     planes: list[Plane] = []
-    raw_curves = []
     for i, curve in enumerate(curves):
         raw, centroid, normal = _check_curve(curve, i, source, tolerance_mm)
-        raw_curves.append(raw)
-        dense = resample_closed_curve(raw)
         for plane in planes:
             if abs(plane.normal @ normal) > SAME_PLANE_COS and abs((centroid - plane.origin) @ plane.normal) < tolerance_mm:
-                plane.curves.append(dense)
+                plane.curves.append(raw)
                 plane.curve_ids.append(i)
                 break
         else:
-            planes.append(Plane(centroid, normal, [dense], [i]))
+            planes.append(Plane(centroid, normal, [raw], [i]))
     for plane in planes:
-        _check_plane_curves(plane, [raw_curves[i] for i in plane.curve_ids], source)
+        _check_plane_curves(plane, source)
     normals = np.array([p.normal for p in planes])
     if len(planes) < 2 or np.abs(normals @ normals.T).min() > PARALLEL_COS:
         raise InputError(source, "contours must lie on at least two non-parallel planes")
+    return planes
+
+
+def group_planes(curves: list[np.ndarray], source: str = "contours", tolerance_mm: float = 1.5) -> list[Plane]:
+    """:func:`check_curves`, then every curve resampled every mm (:func:`resample_closed_curve`)."""
+    planes = check_curves(curves, source, tolerance_mm)
+    for plane in planes:
+        plane.curves = [resample_closed_curve(curve) for curve in plane.curves]
     return planes

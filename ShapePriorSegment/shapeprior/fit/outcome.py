@@ -37,7 +37,3 @@ class Outcome:
     @property
     def warnings(self) -> list[str]:
         return self.report.setdefault("warnings", [])
-
-    @property
-    def seconds(self) -> float:
-        return float(self.report["seconds"])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ..errors import InputError
+from ..io.points import check_fit_points
 from ..metrics import mesh_quality, self_intersection_fraction
 from ..models.bundle import ModelBundle
 from ..models.dals import DALSDecoder
@@ -21,22 +21,10 @@ from .contour_interpolation import blend_with_contours
 from .contours import Plane, group_planes
 from .dals_fit import ContourTask, FitResult, PointTask, contour_residuals, fit_dals
 from .outcome import Outcome
+from .size import check_extent, check_size
 
-# Fitted sizes beyond these factors of the training range are refused: the curves
-# are not of this organ, or not in millimetres.
-SIZE_TOLERANCE = 2.0
 # Per-vertex distance to the nearest annotation point (mm): colours the fitted model.
 DISTANCE_ARRAY = "DistanceToAnnotation"
-
-
-def check_size(bundle: ModelBundle, scale: float, source: str | os.PathLike) -> None:
-    lo, hi = bundle.metadata["normalisation"]["mm_per_unit_range"]
-    if not lo / SIZE_TOLERANCE <= scale <= hi * SIZE_TOLERANCE:
-        raise InputError(
-            source,
-            f"annotation is {scale / np.median([lo, hi]):.2f}x the typical {bundle.organ} size "
-            f"(model range {lo:.0f}-{hi:.0f} mm per unit, got {scale:.0f}): not this organ, or not in mm?",
-        )
 
 
 def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSettings) -> dict:
@@ -56,18 +44,6 @@ def _report(bundle: ModelBundle, result: FitResult, source: str, settings: FitSe
             "volume_ml": float(result.mesh.volume) / 1000.0,
         },
     }
-
-
-def check_extent(bundle: ModelBundle, points_lps: np.ndarray, source: str | os.PathLike) -> None:
-    """Refuse, before any fitting, an annotation far larger than the organ (micrometres, another
-    organ) or a speck: its radius about its centre against the model's training sizes (mm per unit
-    is the organ's bounding-sphere radius). Generous: a partial annotation may span less."""
-    lo, hi = bundle.metadata["normalisation"]["mm_per_unit_range"]
-    radius = float(np.linalg.norm(points_lps - points_lps.mean(0), axis=1).max())
-    if not lo / (10 * SIZE_TOLERANCE) <= radius <= 2 * hi * SIZE_TOLERANCE:
-        raise InputError(source, f"annotation is {radius / np.median([lo, hi]):.2f}x the typical {bundle.organ} size "
-                         f"({2 * radius:.3g} mm across; the model's are {2 * lo:.0f}-{2 * hi:.0f} mm): not this "
-                         "organ, or not in mm?")
 
 
 def _load(model: str | os.PathLike, points_lps: np.ndarray, source) -> tuple[ModelBundle, DALSDecoder, torch.Tensor]:
@@ -117,8 +93,8 @@ def fit_curves(
 ) -> Outcome:
     """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`;
     ``detail`` is the :class:`FitResult`."""
+    planes = group_planes(curves, str(source))  # the curves' own defects first, before the model loads
     bundle, decoder, latent_mean = _load(model, np.concatenate(curves), source)
-    planes = group_planes(curves, str(source))
     result = fit_planes(decoder, latent_mean, planes, settings, progress, should_stop)
     check_size(bundle, result.pose.scale, source)
     report = _report(bundle, result, str(source), settings)
@@ -154,11 +130,7 @@ def fit_points(
     should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Fit the DALS model to a point cloud (N, 3) in LPS mm; ``detail`` is the :class:`FitResult`."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 3 or len(points) < 10:
-        raise InputError(source, "a point cloud of at least 10 points (N, 3) is needed")
-    if not np.isfinite(points).all():
-        raise InputError(source, "points hold NaN or infinite coordinates")
+    points = check_fit_points(points, source)
     bundle, decoder, latent_mean = _load(model, points, source)
     result = fit_dals(decoder, latent_mean, lambda unit_mm: PointTask(points, settings.samples, unit_mm), settings,
                       progress, should_stop)

@@ -4,8 +4,14 @@ RAS <-> LPS negates x and y: a half-turn about z (determinant +1), its own inver
 triangles keep their winding when converted.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # only named in annotations: markups read without loading ITK
+    import SimpleITK as sitk
 
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # multiply (N, 3) points by it, either way
 RAS_LPS_4 = np.diag([*RAS_TO_LPS, 1.0])  # the same for 4x4 homogeneous matrices

@@ -119,10 +119,13 @@ def _check_header(reader: sitk.ImageFileReader, path: Path) -> None:
     voxels = int(np.prod(size, dtype=np.float64))
     if voxels > MAX_VOXELS:
         raise InputError(path, f"the header describes {voxels} voxels; at most {MAX_VOXELS} are read")
-    spacing = np.array(reader.GetSpacing())
+    spacing = np.array(reader.GetSpacing())  # as the header says: ITK flips negative spacing only when reading
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         shown = " x ".join(f"{v:g}" for v in spacing)
-        raise InputError(path, f"pixel spacing {shown} mm in the header; it must be positive")
+        # Readers disagree on where voxels with negative spacing are: ITK, and so Slicer, mirrors that axis
+        # about the origin; NiBabel (NIfTI) and VTK (MetaImage) take the spacing's size.
+        why = "; tools disagree on where its voxels are" if (spacing < 0).any() else ""
+        raise InputError(path, f"pixel spacing {shown} mm in the header{why}; it must be positive")
     if not np.isfinite(reader.GetOrigin()).all():
         raise InputError(path, "origin in the header is not finite")
     direction = np.array(reader.GetDirection()).reshape(3, 3)

@@ -51,11 +51,17 @@ def _load(path: str | os.PathLike) -> list[dict]:
     """The file's ``markups`` list, each a JSON object, with at most MAX_FILE_POINTS control points in all."""
     path = readable_file(path, MAX_FILE_BYTES)
     try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError):  # invalid JSON or text encoding; nesting too deep
-        raise InputError(path, "not a Slicer markups file (invalid JSON)") from None
+        text = path.read_bytes()
     except OSError as error:
         raise InputError(path, os_problem(error)) from None
+    # Each control point has one "position": too many are refused before parsing, which would take
+    # seconds and hundreds of MB for a file of a few million points.
+    if (positions := text.count(b'"position"')) > MAX_FILE_POINTS:
+        raise InputError(path, f"holds {positions} control points; at most {MAX_FILE_POINTS} are read")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # invalid JSON or text encoding; nesting too deep
+        raise InputError(path, "not a Slicer markups file (invalid JSON)") from None
     markups = data.get("markups") if isinstance(data, dict) else None
     if not isinstance(markups, list):
         raise InputError(path, "not a Slicer markups file (.mrk.json with a 'markups' list)")

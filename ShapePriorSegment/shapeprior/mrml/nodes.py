@@ -25,13 +25,11 @@ from ..io.labelmaps import painted_slice_contours
 
 @dataclass
 class Annotation:
-    """What the user drew, read from the scene on the main thread (LPS mm, plain arrays).
-
-    Either closed planar ``curves`` or surface ``points``. Safe to hand to a worker thread.
+    """What the user drew, read from the scene on the main thread: closed planar ``curves`` (N_i, 3),
+    LPS mm. Plain arrays, safe to hand to a worker thread.
     """
 
     curves: list[np.ndarray] = field(default_factory=list)
-    points: np.ndarray | None = None
     source: str = "scene"  # node names, for messages and the report
     label: str | None = None  # name of the segment it came from, if any
 

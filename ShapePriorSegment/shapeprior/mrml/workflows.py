@@ -28,15 +28,12 @@ from .writer import add_outcome_to_scene
 
 def fit_annotation(annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings(),
                    progress: Progress | None = None, should_stop: ShouldStop | None = None) -> Outcome:
-    """Fit the DALS model to the annotation's curves or points; touches no MRML (safe in a worker thread).
+    """Fit the DALS model to the annotation's curves; touches no MRML (safe in a worker thread).
 
     A model organ that differs from the annotated segment's name is the first warning."""
-    from ..fit.run import fit_curves, fit_points
+    from ..fit.run import fit_curves
 
-    if annotation.points is not None:
-        outcome = fit_points(annotation.points, model, settings, annotation.source, progress, should_stop)
-    else:
-        outcome = fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop)
+    outcome = fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop)
     if annotation.label and outcome.organ.lower() not in annotation.label.lower():
         outcome.warnings.insert(0, f"the model is a {outcome.organ} model but the annotation is segment "
                                    f"{annotation.label!r}")

@@ -49,8 +49,8 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
         rows = torch.randperm(len(names), generator=g)[: settings.batch]
         x, y = images_t[rows], masks_t[rows]
         # Intensity augmentation: MR has no fixed scale.
-        x = x * (1 + 0.1 * torch.randn(len(rows), 1, 1, 1, 1, generator=g)) + 0.1 * torch.randn(
-            len(rows), 1, 1, 1, 1, generator=g)
+        gain, shift = 0.1 * torch.randn(2, len(rows), 1, 1, 1, 1, generator=g).to(x.device)  # g lives on the CPU
+        x = x * (1 + gain) + shift
         loss = loss_fn(net(x), y)
         return loss, {"loss": loss.item()}
 
