@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from shapeprior.bench.hostile import hostile_cases, leftovers, run_case, write_set
+from shapeprior.bench.hostile import leftovers, run_case
+from shapeprior.bench.hostile_set import hostile_cases, write_set
 
 ERRORS = [case.name for case in hostile_cases(Path("set"), "tiny.pt") if not case.valid]
 # Valid inputs that only this file fits (with the tiny model); test_cli_fit fits plain curves, points and

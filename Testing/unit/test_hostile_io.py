@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import trimesh
 
-from shapeprior.bench.hostile import negate_first_spacing, write_malicious_models
+from shapeprior.bench.hostile_set import negate_first_spacing, write_malicious_models
 from shapeprior.errors import InputError
 from shapeprior.fit import contours
 from shapeprior.fit.contours import first_crossing, group_planes, resample_closed_curve
