@@ -85,7 +85,7 @@ def test_unwritable_and_directory_outputs_fail_before_the_fit(tmp_path, tiny_mod
 
 def test_mixing_curve_files_with_a_labelmap_or_label_options_is_refused(tmp_path, tiny_model, monkeypatch, capsys):
     write_closed_curves(curves(), tmp_path / "c.mrk.json")
-    (tmp_path / "mask.nii.gz").write_bytes(b"")
+    (tmp_path / "mask.nii.gz").write_bytes(b"not an image")  # a file: the mix is refused, not the file
     out = ["--model", str(tiny_model), "--report", str(tmp_path / "r.json")]
     line = _fails_before_the_fit(["fit-contours", str(tmp_path / "c.mrk.json"), str(tmp_path / "mask.nii.gz"), *out],
                                  monkeypatch, capsys)

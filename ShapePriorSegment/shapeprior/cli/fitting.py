@@ -144,7 +144,7 @@ def _grid(args: argparse.Namespace, inputs_grid=None):
     """The grid --out-seg is written on: --reference's, else the input labelmap's; checked before the fit."""
     from ..io import read_image
 
-    grid = read_image(check_input(args.reference)) if args.reference else inputs_grid
+    grid = read_image(args.reference) if args.reference else inputs_grid
     if args.out_seg and grid is None:
         raise InputError(args.out_seg, "needs a grid: give --reference IMAGE")
     return grid
@@ -241,7 +241,7 @@ def run_refine_mask(args: argparse.Namespace) -> int:
         raise InputError(None, f"{' and '.join(dals_only)} only {verb} to DALS models; "
                          f"{args.model} is a {kind!r} model")
     if args.image:
-        read_image(check_input(args.image))  # a bad image fails before the fit
+        read_image(args.image)  # a bad image fails before the fit
     mask = _read_mask(args, args.input)
     from ..fit.refine_mask import refine_mask
     from .output import fit_and_write

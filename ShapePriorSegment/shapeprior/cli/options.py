@@ -107,13 +107,10 @@ def command_line() -> str:
 
 
 def check_input(path: str | os.PathLike) -> str:
-    """A readable file, or the one-line error saying what it is instead."""
-    if os.path.isdir(path):
-        raise InputError(path, "is a directory, not a file")
-    if not os.path.exists(path):
-        raise InputError(path, "no such file")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "permission denied")
+    """``path`` as given, once :func:`~shapeprior.io.files.readable_file` has checked it (before any work)."""
+    from ..io.files import readable_file
+
+    readable_file(path)
     return str(path)
 
 

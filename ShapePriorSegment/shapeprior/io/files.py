@@ -32,7 +32,7 @@ def readable_file(path: str | os.PathLike, max_bytes: int | None = None) -> Path
     except OSError as error:
         raise InputError(path, os_problem(error)) from None
     if stat.S_ISDIR(info.st_mode):
-        raise InputError(path, "is a directory")
+        raise InputError(path, "is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
         raise InputError(path, "is not a regular file")
     if info.st_size == 0:
