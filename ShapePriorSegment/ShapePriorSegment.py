@@ -24,15 +24,11 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:  # the bundled core package sits beside this file
     sys.path.insert(0, MODULE_DIR)
 
-from ShapePriorSegmentLib import (  # noqa: E402  (needs MODULE_DIR on sys.path)
-    ANNOTATION_MODES,
-    LOAD_MODEL_ITEM,
-    resourcePath,
-)
+from ShapePriorSegmentLib import ANNOTATION_MODES, LOAD_MODEL_ITEM, resourcePath  # noqa: E402  (MODULE_DIR on sys.path)
 from ShapePriorSegmentLib.fitrequest import recordResult, startJob  # noqa: E402
 # The module's Logic with its typed parameter node (the panel's state, saved with the scene).
 from ShapePriorSegmentLib.parameters import ShapePriorSegmentLogic, ShapePriorSegmentParameterNode  # noqa: E402, F401
-from ShapePriorSegmentLib.results import residualRows, resultSummary, warningsText  # noqa: E402
+from ShapePriorSegmentLib.results import residualRows, warningsText  # noqa: E402
 from ShapePriorSegmentLib.sampledata import registerSampleData  # noqa: E402
 # Slicer runs the self-test by this name from the module file ("Reload and Test", slicer_add_python_unittest).
 from ShapePriorSegmentLib.selftest import ShapePriorSegmentTest  # noqa: E402, F401
@@ -53,14 +49,13 @@ class ShapePriorSegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["ShapePriorSegment developers (ShapePriorSegment)"]
         self.parent.helpText = _("""
-Delineate a whole organ from a few contours. Draw closed curves on a few slices of at
-least two different views (for example one axial, one sagittal and one coronal), or paint
-a few slices in the Segment Editor, or pick a CNN mask to refine; choose the organ's shape
-model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model (hippocampus)
-finds the organ in the input volume without any annotation. A learned statistical shape prior completes the organ between
-the contours. The result is a smooth model and a segment (closed surface) named after the
-organ; the <b>Quality check</b> section lists how far each contour is from the surface and
-colors the surface by its distance to the annotation.
+Delineate a whole organ from a few contours. Draw closed curves on a few slices of at least two different views (for
+example one axial, one sagittal and one coronal), or paint a few slices in the Segment Editor, or pick a CNN mask to
+refine; choose the organ's shape model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model
+(hippocampus) finds the organ in the input volume without any annotation. A learned statistical shape prior completes
+the organ between the contours. The result is a smooth model and a segment (closed surface) named after the organ; the
+<b>Quality check</b> section lists how far each contour is from the surface, colors the surface by its distance to the
+annotation or by its uncertainty, and <b>Suggest next contour</b> shows the slice where one more contour helps most.
 """)
         self.parent.acknowledgementText = _("""
 The shape priors follow <i>Deep Active Latent Surfaces for Medical Geometries</i> (DALS, 2022)
@@ -137,7 +132,9 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.addContourButton.connect("clicked(bool)", self.onAddContourButton)
-        self.ui.colorByDistanceCheckBox.connect("toggled(bool)", self.onColorByDistance)
+        self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
+        self.ui.colorByDistanceCheckBox.connect("toggled(bool)", self.onColorBy)
+        self.ui.colorByUncertaintyCheckBox.connect("toggled(bool)", self.onColorBy)
         self.ui.outputSegmentationSelector.connect(
             "currentNodeChanged(vtkMRMLNode*)", self.ui.segmentationShow3DButton.setSegmentationNode)
 
@@ -199,6 +196,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.enabled = busy
         hasResult = self._parameterNode is not None and self._parameterNode.resultModel is not None
         self.ui.addContourButton.enabled = hasResult and not busy and self._parameterNode.annotationMode == "curves"
+        self.ui.suggestButton.enabled = self.ui.addContourButton.enabled and self.logic.suggestedPlane() is not None
 
     def _annotationReady(self) -> bool:
         mode = self._parameterNode.annotationMode
@@ -260,12 +258,15 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._refitCurve is not None:
             self.ui.statusLabel.text += " " + _("The fit runs again when the contour is finished.")
 
+    def onSuggestButton(self) -> None:  # the last fit's suggested plane in its slice view, the next contour there
+        with slicer.util.tryWithErrorDisplay(_("Could not show the suggested plane."), waitCursor=False):
+            self.ui.refitViewComboBox.currentText = self.logic.showSuggestedPlane()
+            self.onAddContourButton()
+
     def onInteractionModeChanged(self, caller, event) -> None:
-        curve, interaction = self._refitCurve, self.logic.interactionNode()
-        if curve is None or interaction.GetCurrentInteractionMode() == interaction.Place:
-            return
-        self._refitCurve = None
-        if slicer.mrmlScene.IsNodePresent(curve) and curve.GetNumberOfDefinedControlPoints() >= 3:
+        finished = self.logic.contourPlacementEnded(self._refitCurve)  # None: still placing
+        self._refitCurve = self._refitCurve if finished is None else None
+        if finished:
             self._startFit(refit=True)
 
     # ---------------------------------------------------------------- fitting
@@ -373,10 +374,10 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _showResult(self, result: dict) -> None:
         p = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
         recordResult(p, result, slicer.mrmlScene)
-        self.logic.setDistanceColoring(p.resultModel, p.colorByDistance)
+        self.logic.setSurfaceColoring(p.resultModel, p.colorByDistance, p.colorByUncertainty)
         report = result["report"]
         self._showResiduals(residualRows(report.get("residuals", []), self._jobCurveNames))
-        self.ui.statusLabel.text = resultSummary(result)
+        self.ui.statusLabel.text = self.logic.resultText(result)  # with the suggested next contour
         self.ui.progressBar.value = 100
         # In the panel, not in a pop-up: they stay beside the result while the user looks at it.
         for warning in report["warnings"]:
@@ -391,6 +392,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 table.setItem(row, column, qt.QTableWidgetItem(text))
         table.resizeColumnsToContents()
 
-    def onColorByDistance(self, on: bool) -> None:
+    def onColorBy(self, on: bool) -> None:
         if self._parameterNode and self._parameterNode.resultModel:
-            self.logic.setDistanceColoring(self._parameterNode.resultModel, on)
+            self.logic.setSurfaceColoring(self._parameterNode.resultModel, self.ui.colorByDistanceCheckBox.checked,
+                                          self.ui.colorByUncertaintyCheckBox.checked)

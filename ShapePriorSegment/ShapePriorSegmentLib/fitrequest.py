@@ -29,7 +29,7 @@ def outputOptions(logic, parameterNode, refit: bool, askReplace):
 def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
     """Start the fit of the parameter node's annotation mode: (the job, its ``outputOptions``), or None
     if the user cancelled. ``annotationInputs()`` gives the annotation's nodes (not called for "image");
-    a refit (curves, painted) replaces the last result."""
+    a refit (curves, painted) replaces the last result and starts from its fit state."""
     p = parameterNode
     if p.annotationMode in ("image", "mask"):
         inputs = annotationInputs() if p.annotationMode == "mask" else {}
@@ -44,7 +44,8 @@ def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
     outputs = outputOptions(logic, p, refit, askReplace)
     if outputs is None:
         return None
-    return logic.startFit(annotation, p.model, logic.fitSettings(p)), outputs
+    warmStart = logic.warmStartReport(p.model) if refit else None  # a refit starts from the last fit
+    return logic.startFit(annotation, p.model, logic.fitSettings(p), warmStart), outputs
 
 
 def recordResult(parameterNode, result: dict, scene) -> None:

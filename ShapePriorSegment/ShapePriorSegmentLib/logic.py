@@ -21,6 +21,8 @@ except ImportError:  # slicer-core: MRML without the application
         def __init__(self, parent=None):
             pass
 
+from .nextcontour import NextContour  # noqa: E402 (after the Slicer fallbacks)
+
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CONTOURS = "SampleData/liver-contours.mrk.json"
 SAMPLE_PAINTED = "SampleData/liver-painted.nii.gz"
@@ -30,6 +32,9 @@ ANNOTATION_MODES = ("curves", "painted", "mask", "image")
 # another kind (the default of the first kind listed).
 MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf"), "image": ("dissm",)}
 DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
+# The fitted model's point array of per-vertex uncertainty (mm), shapeprior.fit.run.UNCERTAINTY_ARRAY
+# (the core is imported lazily: its dependencies may not be installed yet).
+UNCERTAINTY_ARRAY = "Uncertainty_mm"
 
 
 def resourcePath(relativePath: str) -> str:
@@ -58,7 +63,7 @@ def readRequirements(path: str) -> list:
 TORCH_REQUIREMENT, *PIP_REQUIREMENTS = readRequirements(resourcePath("requirements.txt"))
 
 
-class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
+class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
     """Everything the panel does, without GUI: usable from Slicer's Python console.
 
     The MRML work is in the Qt-free bridge ``shapeprior.mrml``; the core is
@@ -72,6 +77,9 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         # The core finds bundled models here (installed extension or source tree).
         os.environ.setdefault("SHAPEPRIOR_MODELS", resourcePath("Models"))
         self._organs = {}
+        # The report of the last fit written to the scene: its suggested next contour, and the
+        # state an "add contour and refit" starts from.
+        self.lastReport = None
 
     # ---------------------------------------------------------------- dependencies
 
@@ -188,11 +196,29 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         raise ValueError(f"unknown annotation mode {mode!r}")
 
     @staticmethod
-    def startFit(annotation, model: str, settings):
-        """Start fitting in a worker thread; poll the returned job, then call :meth:`finishFit`."""
+    def startFit(annotation, model: str, settings, warmStart=None, suggest: str = "axes"):
+        """Start fitting in a worker thread; poll the returned job, then call :meth:`finishFit`.
+
+        ``warmStart``: an earlier fit's report to refit from (e.g. :meth:`warmStartReport`);
+        ``suggest``: "axes", "oblique" or "off", where to look for the next contour's plane."""
         from shapeprior.mrml import fit_job
 
-        return fit_job(annotation, model, settings).start()
+        return fit_job(annotation, model, settings, warmStart, suggest).start()
+
+    def warmStartReport(self, model: str):
+        """The last fit's report if a fit with ``model`` can start from it (a contour fit by the
+        same model file), else None."""
+        state = (self.lastReport or {}).get("fit_state")
+        if not state:
+            return None
+        from shapeprior.fit.warm_start import model_digest
+        from shapeprior.models.bundle import resolve_model
+
+        try:
+            same = model_digest(str(resolve_model(model))) == state.get("model_sha256")
+        except (OSError, ValueError):  # a missing or unreadable model (InputError): the fit will say so
+            return None
+        return self.lastReport if same else None
 
     def startImageFit(self, volumeNode, model: str = "hippocampus"):
         """Start an image (DISSM) fit of a volume in a worker thread; poll the job, then :meth:`finishFit`."""
@@ -221,38 +247,47 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
             outcome = job.result()
         except FitCancelled:
             return None
-        return add_outcome_to_scene(self.scene, outcome, **{**job.outputs, **outputs})
+        return self._written(add_outcome_to_scene(self.scene, outcome, **{**job.outputs, **outputs}))
+
+    def _written(self, result: dict) -> dict:
+        self.lastReport = result["report"]
+        return result
 
     def process(self, curveNodes, model: str = "liver", outputSegmentationNode=None, referenceVolumeNode=None,
-                settings=None, progress=None, shouldStop=None) -> dict:
-        """Fit closed-curve nodes synchronously; returns the node ids and the report."""
+                settings=None, progress=None, shouldStop=None, warmStart=None, suggest: str = "axes",
+                **outputs) -> dict:
+        """Fit closed-curve nodes synchronously; returns the node ids and the report.
+
+        ``warmStart``, ``suggest``: as :meth:`startFit`; ``outputs``: more of ``finishFit``'s
+        (e.g. ``model_node_id`` and ``replace`` to update an earlier result)."""
         from shapeprior.mrml import fit_contours_in_scene
         from shapeprior.settings import FitSettings
 
-        return fit_contours_in_scene(
+        return self._written(fit_contours_in_scene(
             self.scene, [node.GetID() for node in curveNodes], model, settings or FitSettings(), progress, shouldStop,
-            segmentation_node_id=nodeId(outputSegmentationNode), reference_volume_id=nodeId(referenceVolumeNode),
-        )
+            warm_start=warmStart, suggest=suggest, segmentation_node_id=nodeId(outputSegmentationNode),
+            reference_volume_id=nodeId(referenceVolumeNode), **outputs,
+        ))
 
     def processImage(self, volumeNode, model: str = "hippocampus", stages=None, progress=None,
                      shouldStop=None, outputSegmentationNode=None) -> dict:
         """Fit an image-fitting (DISSM) model straight to a volume; returns the node ids and the report."""
         from shapeprior.mrml import fit_image_in_scene
 
-        return fit_image_in_scene(
+        return self._written(fit_image_in_scene(
             self.scene, nodeId(volumeNode), model, stages, progress, shouldStop,
             segmentation_node_id=nodeId(outputSegmentationNode),
-        )
+        ))
 
     def processMask(self, maskNode, segmentId=None, model: str = "liver", progress=None, shouldStop=None,
                     outputSegmentationNode=None) -> dict:
         """Refine a CNN mask with a shape prior synchronously; returns the node ids and the report."""
         from shapeprior.mrml import refine_mask_in_scene
 
-        return refine_mask_in_scene(
+        return self._written(refine_mask_in_scene(
             self.scene, nodeId(maskNode), model, segmentId, progress=progress, should_stop=shouldStop,
             segmentation_node_id=nodeId(outputSegmentationNode),
-        )
+        ))
 
     # ---------------------------------------------------------------- scene helpers
 
@@ -289,6 +324,43 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic):
         display = modelNode.GetDisplayNode() if modelNode else None
         if display:
             display.SetScalarVisibility(bool(on))
+
+    @staticmethod
+    def showScalars(modelNode, arrayName: str) -> bool:
+        """Colour the model by its point array ``arrayName`` (mm; active scalars, colour table,
+        range 0 to the 95th percentile); False, changing nothing, if it has no such array."""
+        from shapeprior.mrml.writer import show_point_array
+
+        poly = modelNode.GetPolyData() if modelNode else None
+        if poly is None or poly.GetPointData().GetArray(arrayName) is None:
+            return False
+        if modelNode.GetDisplayNode() is None:
+            modelNode.CreateDefaultDisplayNodes()
+        show_point_array(modelNode, arrayName)
+        return True
+
+    def setSurfaceColoring(self, modelNode, byDistance: bool = True, byUncertainty: bool = False):
+        """Colour a fitted model by its uncertainty (``byUncertainty``, if it has one), else by its
+        distance to the annotation (``byDistance``; the writer's first point array), else not at
+        all; return the name of the array shown, or None."""
+        poly = modelNode.GetPolyData() if modelNode else None
+        if poly is None:
+            return None
+        names = [poly.GetPointData().GetArrayName(i) for i in range(poly.GetPointData().GetNumberOfArrays())]
+        distance = next((name for name in names if name not in ("Normals", UNCERTAINTY_ARRAY)), None)
+        for name, on in ((UNCERTAINTY_ARRAY, byUncertainty), (distance, byDistance)):
+            if on and name and self.showScalars(modelNode, name):
+                return name
+        self.setDistanceColoring(modelNode, False)
+        return None
+
+    def contourPlacementEnded(self, curve):
+        """After an interaction-mode change: None while ``curve`` is still being placed (or there is
+        none), else whether it was finished with at least 3 points."""
+        interaction = self.interactionNode()
+        if curve is None or interaction.GetCurrentInteractionMode() == interaction.Place:
+            return None
+        return bool(self.scene.IsNodePresent(curve) and curve.GetNumberOfDefinedControlPoints() >= 3)
 
     # The sample loads with MRML's own readers, without the core's dependencies: a new user can
     # try it before the first fit installs them.

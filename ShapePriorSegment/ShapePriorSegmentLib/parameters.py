@@ -24,6 +24,7 @@ class ShapePriorSegmentParameterNode:
     level, globalSteps, vertexSteps, smoothness - fit settings.
     contourBlend - width (mm) of the blend that makes the surface pass through drawn contours (0: off).
     colorByDistance - color the fitted surface by its distance to the annotation.
+    colorByUncertainty - color it by its uncertainty (mm) instead.
     resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
     """
 
@@ -32,11 +33,12 @@ class ShapePriorSegmentParameterNode:
     annotationMode: Annotated[str, Choice(list(ANNOTATION_MODES))] = "curves"
     outputSegmentation: vtkMRMLSegmentationNode
     level: Annotated[int, WithinRange(2, 6)] = 4
-    globalSteps: Annotated[int, WithinRange(1, 2000)] = 100
-    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 50
+    globalSteps: Annotated[int, WithinRange(1, 2000)] = 80
+    vertexSteps: Annotated[int, WithinRange(0, 5000)] = 40
     smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
     contourBlend: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
     colorByDistance: bool = True
+    colorByUncertainty: bool = False
     resultModel: vtkMRMLModelNode
     resultSegmentation: vtkMRMLSegmentationNode
     resultSegmentName: str = ""

@@ -20,8 +20,10 @@ class FitSettings:
 
     # Level 7 would be 164k vertices: beyond the decoder's useful detail and gigabytes of memory.
     level: int = option(4, "icosphere level of the fitted surface", (1, 6))
-    global_steps: int = option(100, "steps of the single-latent stage", (1, 5000))
-    vertex_steps: int = option(50, "steps of the per-vertex-latent stage (0: global latent only)", (0, 5000))
+    global_steps: int = option(80, "steps of the single-latent stage", (1, 5000))
+    vertex_steps: int = option(40, "steps of the per-vertex-latent stage (0: global latent only)", (0, 5000))
+    refit_steps: tuple[int, int] = (25, 20)  # the two stages' steps when refitting from an earlier fit
+    global_level: int = 3  # the single-latent stage shapes the organ coarsely: a 4x smaller mesh is enough
     lr: float = 1e-2
     vertex_lr: float = 3e-3
     lambda_reg: float = option(0.01, "triangle-quality weight", (0.0, 1e3))
@@ -36,6 +38,16 @@ class FitSettings:
                                      "planes (0: off)", (0.0, 100.0), flag="blend-mm")
     seed: int = option(0, "random seed", (0, 2**31 - 1))
     threads: int = 1  # small matrices; several threads on a busy CPU slowed fits up to 8x here
+
+
+@dataclass
+class UncertaintySettings:
+    """The surface-uncertainty model (fit/uncertainty.py); chosen on tuning livers (docs/experiments.md)."""
+
+    noise_mm: float = 1.0  # how closely a drawn curve pins the surface
+    smooth_fraction: float = 0.02  # smooth variation beyond the training shapes, per vertex, x organ size
+    smooth_modes: int = 16
+    calibration: float = 4.4  # scales the band so that 90% of the true surface is inside it
 
 
 @dataclass

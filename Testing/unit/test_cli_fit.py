@@ -112,8 +112,9 @@ def test_fit_contours_from_markups(inputs, tiny_model, tmp_path, capsys, helpers
                  "--report", str(out / "report.json")])
 
     captured = capsys.readouterr()
-    summary = SUMMARY.match(captured.out.strip())
-    assert summary and captured.out.count("\n") == 1, captured.out
+    fitted, suggestion = captured.out.strip().split("\n")  # the fit, then where to draw next
+    summary = SUMMARY.match(fitted)
+    assert summary and suggestion.startswith("next: "), captured.out
     expected = fit_curves(read_closed_curves(mrk), tiny_model, SETTINGS, str(mrk))
     # Only the report's warnings (curves the tiny model's short fit does not follow) go to stderr.
     assert code == 0 and captured.err == "".join(f"shapeprior: warning: {w}\n" for w in expected.report["warnings"])
@@ -154,7 +155,7 @@ def test_fit_contours_from_a_painted_labelmap(inputs, tiny_model, tmp_path, caps
                  "--out-seg", str(out / "seg.nii.gz"), "--report", str(out / "report.json")])
 
     assert code == 0, capsys.readouterr().err
-    assert SUMMARY.match(capsys.readouterr().out.strip())
+    assert SUMMARY.match(capsys.readouterr().out.splitlines()[0])
     seg = sitk.ReadImage(str(out / "seg.nii.gz"))  # on the painted labelmap's grid
     labelmap = sitk.ReadImage(str(painted))
     _same_grid(seg, labelmap)

@@ -284,7 +284,7 @@ def test_icons_are_128_pixel_pngs(icon):
 
 def test_logic_base_is_slicers_logic():
     logic = classes(ast.parse(LOGIC_FILE.read_text()))["ShapePriorSegmentLogic"]
-    assert [b.id for b in logic.bases] == ["ScriptedLoadableModuleLogic"]
+    assert logic.bases[0].id == "ScriptedLoadableModuleLogic"  # then mixins of its own parts
 
 
 def test_requirements_are_the_core_dependencies_slicer_does_not_bundle():
@@ -345,3 +345,14 @@ def test_results_are_shown_in_the_panel(ui):
     assert widgets["warningsLabel"] == "QLabel"
     for path in [MODULE_FILE, *LIB_DIR.glob("*.py")]:  # warnings go to the panel, not to pop-ups
         assert "warningDisplay" not in path.read_text(), path
+
+
+def test_the_panels_fit_defaults_are_the_command_lines():
+    from shapeprior.settings import FitSettings
+
+    source = (REPO / "ShapePriorSegment" / "ShapePriorSegmentLib" / "parameters.py").read_text()
+    defaults = dict(re.findall(r"^    (\w+): .*= ([\w.]+)$", source, flags=re.M))
+    settings = FitSettings()
+    assert (int(defaults["level"]), int(defaults["globalSteps"]), int(defaults["vertexSteps"])) == (
+        settings.level, settings.global_steps, settings.vertex_steps)
+    assert float(defaults["contourBlend"]) == settings.contour_blend_mm

@@ -170,6 +170,11 @@ def test_dals_route_completes_a_partial_liver_at_the_border(one_torch_thread):
     last_slice_z = partial.TransformIndexToPhysicalPoint((0, 0, partial.GetSize()[2] - 1))[2]
     assert refined.mesh.vertices[:, 2].max() > last_slice_z + 15.0
     assert mask_metrics(refined.labelmap, partial)["dice"] > 0.9
+    # Where the prior completed the organ beyond the scan, it is less sure than where the mask shows it.
+    uncertainty = refined.vertex_data["Uncertainty_mm"]
+    beyond = refined.mesh.vertices[:, 2] > last_slice_z + 5.0
+    assert uncertainty.shape == (len(refined.mesh.vertices),)
+    assert np.median(uncertainty[beyond]) > 2 * np.median(uncertainty[~beyond])
 
 
 def test_refine_mask_command_writes_everything_and_fails_cleanly(hippocampus_truth, tmp_path, one_torch_thread):

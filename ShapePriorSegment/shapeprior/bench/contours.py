@@ -38,6 +38,12 @@ NEAR_MM, FAR_MM = 10.0, 20.0
 PLANE_SCHEDULE = [(2, 0.0), (1, 0.0), (0, 0.0), (2, 0.25), (1, 0.25), (0, 0.25), (2, -0.25), (1, -0.25), (0, -0.25)]
 
 
+def section_curves(mesh: trimesh.Trimesh, origin: np.ndarray, normal: np.ndarray) -> list[np.ndarray]:
+    """The closed curves (LPS mm) where the plane through ``origin`` with ``normal`` cuts ``mesh``."""
+    section = mesh.section(plane_origin=origin, plane_normal=normal)
+    return [] if section is None else [np.asarray(loop) for loop in section.discrete if len(loop) >= 4]
+
+
 def cut_curves(mesh: trimesh.Trimesh, num_planes: int = 3) -> list[np.ndarray]:
     """Closed curves (LPS mm) of ``mesh`` cut by the first ``num_planes`` schedule planes."""
     lo, hi = mesh.bounds
@@ -45,11 +51,7 @@ def cut_curves(mesh: trimesh.Trimesh, num_planes: int = 3) -> list[np.ndarray]:
     curves = []
     for axis, fraction in PLANE_SCHEDULE[:num_planes]:
         normal = np.eye(3)[axis]
-        origin = centre + normal * fraction * (hi[axis] - lo[axis])
-        section = mesh.section(plane_origin=origin, plane_normal=normal)
-        if section is None:
-            continue
-        curves += [np.asarray(loop) for loop in section.discrete if len(loop) >= 4]
+        curves += section_curves(mesh, centre + normal * fraction * (hi[axis] - lo[axis]), normal)
     return curves
 
 

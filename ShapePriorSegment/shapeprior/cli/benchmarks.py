@@ -9,8 +9,8 @@ when it has no such markers).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import InputError
 from ..settings import FitSettings
@@ -60,6 +60,24 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--limit", type=COUNT, default=0, help="first N held-out hippocampus cases (0: all)")
     r.add_argument("--liver-limit", type=COUNT, default=8, help="held-out livers, spread over the sorted list")
     r.set_defaults(run=_benchmark(measure_refine))
+    loop = kinds.add_parser(
+        "loop", help="a simulated clinician: one contour at a time at the suggested, a fixed or the best plane",
+        description="On held-out livers: three central contours, then up to --max-contours, one more at a time "
+        "at the fit's suggested plane, at the contour benchmark's fixed planes, or (oracles) at the best "
+        "candidate plane by the true surface for DALS (fourth contour) and RBF interpolation; refits start from "
+        "the previous fit. Reports F@2%%, ASSD, HD95 per step, NoC@90, refit times and the uncertainty's "
+        "calibration.",
+    )
+    loop.add_argument("--data", required=True, help="folder of liver surfaces (e.g. ../shared/data/liver-meshes)")
+    loop.add_argument("--include", action="append", help="file-name patterns of held-out cases "
+                      "(default LiTS-*, 3Dircadb-*)")
+    loop.add_argument("--model", default="liver", help="DALS model (default: liver)")
+    loop.add_argument("--limit", type=COUNT, default=16, help="the contour benchmark's cases (spread over the list)")
+    loop.add_argument("--stride", type=COUNT, default=2, help="every N-th of them")
+    loop.add_argument("--max-contours", type=COUNT, default=8, help="contours in all at the end")
+    loop.add_argument("--figure", help="plot of F@2%% against contours (PNG)")
+    loop.add_argument("--mesh-frame", choices=("LPS", "RAS"), default="LPS", help=MESH_FRAME_HELP)
+    loop.set_defaults(run=_benchmark(measure_loop))
     h = kinds.add_parser(
         "hostile", help="bad inputs and options through the command line: clear errors, tracebacks, memory, time",
         description="Writes the hostile set (missing, truncated and corrupt files, absurd coordinates, crossing "
@@ -67,7 +85,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "and runs each case as its own `shapeprior` process under a 3 GB address-space cap.",
     )
     h.set_defaults(run=_benchmark(measure_hostile))
-    for parser in (c, i, r, h):
+    for parser in (c, i, r, loop, h):
         parser.add_argument("--out", help="write per-case results here (JSON)")
         parser.add_argument("--markdown", help="write the summary table here, or into its markers in a document "
                             "(e.g. docs/benchmarks.md)")
@@ -83,6 +101,17 @@ def measure_contours(args: argparse.Namespace) -> tuple[dict, str]:
     result = run_benchmark(Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model,
                            settings_from(args, FitSettings), limit=args.limit or None, planes_curve=planes,
                            progress=not args.quiet, mesh_frame=args.mesh_frame)
+    return result, summarise(result)
+
+
+def measure_loop(args: argparse.Namespace) -> tuple[dict, str]:
+    from ..bench.loop import plot, run_loop, summarise
+
+    result = run_loop(Path(args.data), args.include or ["LiTS-*", "3Dircadb-*"], args.model, FitSettings(),
+                      limit=args.limit, stride=max(args.stride, 1), max_contours=max(args.max_contours, 4),
+                      progress=not args.quiet, mesh_frame=args.mesh_frame)
+    if args.figure:
+        plot(result, args.figure)
     return result, summarise(result)
 
 

@@ -62,6 +62,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     _labels_or_segment(p)
     _dals_fit_options(p, {"--out-seg": "segmentation labelmap (.nii.gz, .nrrd or .seg.nrrd) on --reference's grid "
                                        "(default: the painted labelmap's)"}, contours=True)
+    p.add_argument("--warm-start", metavar="REPORT", help="refit from an earlier fit's --report (after adding a "
+                   "contour): about a second instead of a cold fit")
+    p.add_argument("--suggest", choices=("axes", "oblique", "off"), default="axes",
+                   help="where the next contour would help most: on a patient axis (default), on any plane, or not")
     p.set_defaults(run=run_fit_contours)
 
     p = sub.add_parser("fit-points", help="point cloud -> organ surface and segmentation",
@@ -163,6 +167,7 @@ def run_fit_contours(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..fit.contours import check_curves
+    from ..io.frames import image_bounds
 
     check_outputs(args)
     source = ", ".join(check_input(p) for p in args.inputs)
@@ -170,11 +175,19 @@ def run_fit_contours(args: argparse.Namespace) -> int:
     check_curves(curves, source)
     _check_annotation(args, np.concatenate(curves), source)
     reference = _grid(args, painted)
+    warm_start = check_input(args.warm_start) if args.warm_start else None
+    if warm_start:  # its errors before the fit starts
+        from ..fit.warm_start import read_warm_start
+        from ..models.bundle import read_header
+
+        read_warm_start(warm_start, read_header(args.model, "dals"), curves)
+    bounds = image_bounds(reference) if args.reference else None
     from ..fit.run import fit_curves
     from .output import fit_and_write
 
     return fit_and_write(args, lambda progress: fit_curves(curves, args.model, settings_from(args, FitSettings),
-                                                           source, progress=progress),
+                                                           source, progress=progress, warm_start=warm_start,
+                                                           suggest=args.suggest, bounds=bounds),
                          reference, args.reference)
 
 

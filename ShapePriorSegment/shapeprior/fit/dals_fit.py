@@ -10,9 +10,10 @@ Two stages, each optimising the similarity pose (model unit sphere -> LPS mm) to
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from ..models.dals import DALSDecoder
 from ..settings import FitSettings
 from ..transform import Similarity
 from .contours import Plane
+from .warm_start import FitState
 
 
 class FitCancelled(RuntimeError):
@@ -51,6 +53,7 @@ class FitResult:
     seconds: float
     iterations: int
     history: list[dict] = field(default_factory=list)
+    state: FitState | None = None
 
 
 class Task(Protocol):
@@ -158,6 +161,34 @@ def initial_pose(mean_verts: np.ndarray, target_points: np.ndarray) -> Similarit
     return Similarity(scale, np.eye(3), (lo + hi) / 2 - scale * (mlo + mhi) / 2)
 
 
+class Adam:
+    """Adam (Kingma and Ba 2015) over parameter groups ``[{"params": [...], "lr": ...}]``.
+
+    Same update as ``torch.optim.Adam``; written out because the first use of any
+    ``torch.optim`` optimiser imports TorchDynamo, 1.6 s of a 5 s command-line fit.
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.groups = [(g["params"], g["lr"]) for g in groups]
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for ps, _ in self.groups for p in ps}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        for params, lr in self.groups:
+            for p in params:
+                if p.grad is None:
+                    continue
+                m, v = self.moments[id(p)]
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v / (1 - b2**self.steps)).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - b1**self.steps))
+                p.grad = None
+
+
 def fit_dals(
     decoder: DALSDecoder,
     latent_mean: torch.Tensor,
@@ -165,44 +196,51 @@ def fit_dals(
     settings: FitSettings = FitSettings(),
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    start: FitState | None = None,
 ) -> FitResult:
     """Fit pose and latents to the task; return the surface in LPS mm.
 
     ``make_task(unit_mm)`` builds the task once the initial scale (mm per model unit)
-    is known. ``progress(fraction, stage)`` is called every step; ``should_stop()``
+    is known. ``start``: an earlier fit's state to refit from (one short stage instead
+    of two). ``progress(fraction, stage)`` is called every step; ``should_stop()``
     returning True raises :class:`FitCancelled`.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        return _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop)
+        return _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, start)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop) -> FitResult:
+def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, start) -> FitResult:
     began = time.perf_counter()
     torch.manual_seed(settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
     for p in decoder.parameters():
         p.requires_grad_(False)
     template, faces = icosphere(settings.level)
-    pairs = face_pairs(faces)
-    with torch.no_grad():
-        mean_verts = decoder(template, latent_mean[None])[0]
-    task0_points = make_task(1.0).points
-    start = initial_pose(mean_verts.numpy(), task0_points)
-    task = make_task(start.scale)
-    pose = Pose(start)
-    total = settings.global_steps + settings.vertex_steps
+    coarse, coarse_faces = icosphere(min(settings.global_level, settings.level))
+    pairs = {len(faces): face_pairs(faces), len(coarse_faces): face_pairs(coarse_faces)}
+    if start is None:
+        with torch.no_grad():
+            mean_verts = decoder(coarse, latent_mean[None])[0]
+        start_pose = initial_pose(mean_verts.numpy(), make_task(1.0).points)
+    else:
+        start_pose = start.pose
+    task = make_task(start_pose.scale)
+    pose = Pose(start_pose)
+    # A refit starts both stages where the earlier fit ended, and runs them shorter.
+    stages = (settings.global_steps, settings.vertex_steps) if start is None else settings.refit_steps
+    total = sum(stages)
     history: list[dict] = []
 
-    def run(stage: str, latent: torch.nn.Parameter, steps: int, extra: Callable[[], torch.Tensor], done: int,
-            latent_lr: float, latents: Callable[[], torch.Tensor], train_pose: bool) -> None:
-        groups = [{"params": [latent], "lr": latent_lr}]
+    def run(stage: str, params: list, steps: int, extra: Callable[[], torch.Tensor], latent_lr: float,
+            latents: Callable[[], torch.Tensor], train_pose: bool, template: torch.Tensor, faces: torch.Tensor) -> None:
+        groups = [{"params": params, "lr": latent_lr}]
         if train_pose:
-            groups.append({"params": pose.parameters()})
-        optimiser = torch.optim.Adam(groups, lr=settings.lr)
+            groups.append({"params": list(pose.parameters()), "lr": settings.lr})
+        optimiser = Adam(groups)
         for step in range(steps):
             if should_stop is not None and should_stop():
                 raise FitCancelled("fit cancelled")
@@ -211,35 +249,35 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop) 
             task_loss = task.loss(verts, faces, g)
             shape_terms = settings.lambda_reg * quality_loss(verts_unit, faces)
             if settings.lambda_normal:
-                shape_terms = shape_terms + settings.lambda_normal * normal_consistency_loss(verts_unit, faces, pairs)
+                shape_terms = shape_terms + settings.lambda_normal * normal_consistency_loss(
+                    verts_unit, faces, pairs[len(faces)])
             loss = task_loss + shape_terms + extra()
-            optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             history.append({"stage": stage, "task": task_loss.item(), "loss": loss.item()})
             if progress is not None:
-                progress((done + step + 1) / total, stage)
+                progress((len(history)) / total, stage)
 
-    z = torch.nn.Parameter(latent_mean.clone())
-    run("global latent", z, settings.global_steps, lambda: settings.lambda_latent * (z - latent_mean).pow(2).sum(), 0,
-        settings.lr, lambda: z, True)
+    z = torch.nn.Parameter(latent_mean.clone() if start is None else torch.tensor(start.latent, dtype=torch.float32))
+    run("global latent", [z], stages[0], lambda: settings.lambda_latent * (z - latent_mean).pow(2).sum(), settings.lr,
+        lambda: z, True, coarse, coarse_faces)
     laplacian = uniform_laplacian(faces, len(template))
     modes = laplacian_modes(settings.level, settings.vertex_modes)
-    coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]))
-    z_fixed = z.detach()
+    coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]) if start is None else
+                                      torch.tensor(start.coefficients, dtype=torch.float32))
+    z.requires_grad_(False)
 
     def vertex_latents() -> torch.Tensor:
-        return z_fixed + modes @ coefficients
+        return z + modes @ coefficients
 
-    run(
-        "per-vertex latents", coefficients, settings.vertex_steps,
+    run("per-vertex latents", [coefficients], stages[1],
         lambda: settings.lambda_dir * laplacian_energy(vertex_latents(), laplacian, settings.laplacian_power),
-        settings.global_steps, settings.vertex_lr, vertex_latents, settings.vertex_pose,
-    )
+        settings.vertex_lr, vertex_latents, settings.vertex_pose, template, faces)
     with torch.no_grad():
         verts_mm = pose(decoder(template, vertex_latents()[None])[0]).double().numpy()
     mesh = trimesh.Trimesh(verts_mm, faces.numpy(), process=False)
-    return FitResult(mesh, pose.similarity(), time.perf_counter() - began, total, history)
+    state = FitState(pose.similarity(), z.detach().double().numpy(), coefficients.detach().double().numpy())
+    return FitResult(mesh, state.pose, time.perf_counter() - began, total, history, state)
 
 
 def contour_residuals(mesh: trimesh.Trimesh, planes: list[Plane]) -> list[dict]:

@@ -39,6 +39,7 @@ from .mask_dals import MaskTask
 from .mask_fusion import fuse_with_mask
 from .mask_implicit import fit_mask_implicit, implicit_mesh
 from .outcome import Outcome
+from .uncertainty import UNCERTAINTY_ARRAY, point_weights, shape_posterior, training_model
 
 MESH_KINDS = ("dals",)
 IMPLICIT_KINDS = ("dissm", "sdf")
@@ -72,7 +73,8 @@ def crop_to_mask(mask: sitk.Image, margin_mm: float, source: str) -> sitk.Image:
 
 
 def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSettings, progress, should_stop):
-    """The model's robust fit: (surface LPS mm, mm per model unit, pose record)."""
+    """The model's robust fit: (surface LPS mm, mm per model unit, pose record, per-vertex uncertainty
+    (V,) mm given the mask's boundary, for DALS models; else None)."""
     model = build_model(bundle)
     if bundle.kind in MESH_KINDS:
         decoder, latent_mean = model
@@ -81,12 +83,15 @@ def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSett
             return MaskTask(prepared, settings.dals.samples, unit_mm, settings.robust_mm, settings.dals.global_steps)
 
         result = fit_dals(decoder, latent_mean, make_task, settings.dals, progress, should_stop)
-        return result.mesh, result.pose.scale, result.pose.to_dict()
+        shapes, modes = training_model(bundle, decoder, settings.dals.level)
+        seen = point_weights(result.mesh, boundary_points(prepared))
+        uncertainty = shape_posterior(result.mesh, result.pose, shapes, modes, [], seen).uncertainty_mm()
+        return result.mesh, result.pose.scale, result.pose.to_dict(), uncertainty
     decoder, space = (model.decoder, model.space) if bundle.kind == "dissm" else model
     rotation = np.array(bundle.metadata.get("agent", {}).get("mean_rotation", np.eye(3)), dtype=np.float64)
     state, latent, _ = fit_mask_implicit(decoder, space, prepared, rotation, settings.implicit, progress, should_stop)
     pose = state_record("pose + shape", state)
-    return implicit_mesh(decoder, latent, state), float(state.mm_per_unit()[0]), pose
+    return implicit_mesh(decoder, latent, state), float(state.mm_per_unit()[0]), pose, None
 
 
 def _size_warning(bundle: ModelBundle, scale: float, source: str) -> str | None:
@@ -124,7 +129,7 @@ def refine_mask(
         if progress is not None:
             progress(0.9 * fraction, stage)
 
-    prior, scale, pose = _fit_prior(bundle, prepared, settings, fit_progress, should_stop)
+    prior, scale, pose, uncertainty = _fit_prior(bundle, prepared, settings, fit_progress, should_stop)
     if prior.volume < 0:
         prior.invert()
     if progress is not None:
@@ -141,7 +146,10 @@ def refine_mask(
     report["seconds"] = time.perf_counter() - began
     if progress is not None:
         progress(1.0, "done")
-    return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data={DISTANCE_ARRAY: distances},
+    vertex_data = {DISTANCE_ARRAY: distances}
+    if uncertainty is not None:  # the prior's, at each refined vertex's nearest prior vertex
+        vertex_data[UNCERTAINTY_ARRAY] = uncertainty[cKDTree(prior.vertices).query(refined.vertices)[1]]
+    return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data=vertex_data,
                    summary=_summary(report), detail=prior)
 
 

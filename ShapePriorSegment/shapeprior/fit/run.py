@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,9 +19,12 @@ from ..models.registry import load_model
 from ..settings import FitSettings
 from .contour_interpolation import blend_with_contours
 from .contours import Plane, group_planes
-from .dals_fit import ContourTask, FitResult, PointTask, contour_residuals, fit_dals
+from .dals_fit import ContourTask, FitResult, FitState, PointTask, contour_residuals, fit_dals
 from .outcome import Outcome
 from .size import check_extent, check_size
+from .uncertainty import (UNCERTAINTY_ARRAY, describe_plane, point_weights, shape_posterior, suggest_plane,
+                          training_model)
+from .warm_start import fit_state_record, read_warm_start
 
 # Per-vertex distance to the nearest annotation point (mm): colours the fitted model.
 DISTANCE_ARRAY = "DistanceToAnnotation"
@@ -54,13 +57,26 @@ def _load(model: str | os.PathLike, points_lps: np.ndarray, source) -> tuple[Mod
 
 
 def _outcome(result: FitResult, bundle: ModelBundle, report: dict, points_lps: np.ndarray, summary: str,
-             curves: list[np.ndarray] = ()) -> Outcome:
-    """The fit's :class:`Outcome`, its vertices coloured by their distance to ``points_lps`` (N, 3)."""
+             uncertainty: np.ndarray, curves: list[np.ndarray] = ()) -> Outcome:
+    """The fit's :class:`Outcome`, its vertices coloured by their distance to ``points_lps`` (N, 3),
+    with their ``uncertainty`` (V,) mm beside."""
     distances = cKDTree(points_lps).query(np.asarray(result.mesh.vertices))[0]
     report["distance_to_annotation_mm"] = {"median": float(np.median(distances)), "max": float(distances.max())}
+    report["uncertainty_mm"] = {
+        "coverage": 0.9, "median": float(np.median(uncertainty)), "p90": float(np.percentile(uncertainty, 90)),
+        "max": float(uncertainty.max()), "tolerance": _tolerance_mm(result.pose.scale),
+        "share_above_tolerance": float(np.mean(uncertainty > _tolerance_mm(result.pose.scale))),
+    }
+    report["fit_state"] = fit_state_record(result.state, bundle, curves)
     report.setdefault("warnings", [])
-    return Outcome(result.mesh, bundle.organ, report, vertex_data={DISTANCE_ARRAY: distances}, curves=list(curves),
-                   summary=summary, detail=result)
+    return Outcome(result.mesh, bundle.organ, report, vertex_data={DISTANCE_ARRAY: distances,
+                                                                   UNCERTAINTY_ARRAY: uncertainty},
+                   curves=list(curves), summary=summary, detail=result)
+
+
+def _tolerance_mm(mm_per_unit: float) -> float:
+    """The F@2% tolerance, 2% of the organ's bounding-sphere diameter (the unit sphere's is 2 units)."""
+    return 0.04 * mm_per_unit
 
 
 def fit_planes(
@@ -70,12 +86,13 @@ def fit_planes(
     settings: FitSettings = FitSettings(),
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    start: FitState | None = None,
 ) -> FitResult:
-    """:func:`fit_dals` to the curves of ``planes`` (LPS mm); then, near the drawn planes, the
-    surface is blended onto the curves' interpolant (``settings.contour_blend_mm``, 0: not),
-    so it passes through the curves. ``seconds`` includes the blend."""
+    """:func:`fit_dals` to the curves of ``planes`` (LPS mm), or a refit from ``start``; then, near
+    the drawn planes, the surface is blended onto the curves' interpolant (``settings.contour_blend_mm``,
+    0: not), so it passes through the curves. ``seconds`` includes the blend."""
     result = fit_dals(decoder, latent_mean, lambda unit_mm: ContourTask(planes, settings.samples, unit_mm), settings,
-                      progress, should_stop)
+                      progress, should_stop, start)
     if settings.contour_blend_mm <= 0:
         return result
     began = time.perf_counter()
@@ -90,23 +107,55 @@ def fit_curves(
     source: str | os.PathLike = "contours",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    warm_start: str | os.PathLike | dict | None = None,
+    suggest: str = "axes",
+    bounds: np.ndarray | None = None,
 ) -> Outcome:
-    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`;
-    ``detail`` is the :class:`FitResult`."""
+    """Fit the DALS model to closed planar curves (each (N_i, 3), LPS mm) with :func:`fit_planes`, or
+    refit from an earlier fit (``warm_start``: its report, or the report's path).
+
+    The outcome carries each vertex's uncertainty and, unless ``suggest`` is "off", the report's
+    ``suggested_plane`` ("axes": on a patient axis; "oblique": any direction) inside ``bounds``
+    ((2, 3) LPS mm, e.g. the image's box). ``detail`` is the :class:`FitResult`."""
     planes = group_planes(curves, str(source))  # the curves' own defects first, before the model loads
     bundle, decoder, latent_mean = _load(model, np.concatenate(curves), source)
-    result = fit_planes(decoder, latent_mean, planes, settings, progress, should_stop)
+    start, notes = read_warm_start(warm_start, bundle, curves) if warm_start is not None else (None, [])
+    result = fit_planes(decoder, latent_mean, planes, settings, progress, should_stop, start)
     check_size(bundle, result.pose.scale, source)
     report = _report(bundle, result, str(source), settings)
     report["planes"] = len(planes)
     report["residuals"] = contour_residuals(result.mesh, planes)
     report["warnings"] = residual_warnings(report["residuals"], result.pose.scale)
+    report["warm_start"] = notes[0] if notes else None
     mean = float(np.mean([r["mean_mm"] for r in report["residuals"]]))
     worst = max(r["max_mm"] for r in report["residuals"])
-    summary = (f"fitted {bundle.organ} to {len(curves)} curves on {len(planes)} planes in {result.seconds:.1f} s: "
-               f"contour residual mean {mean:.2f} mm, max {worst:.2f} mm")
+    lines = [f"{'refitted' if start else 'fitted'} {bundle.organ} to {len(curves)} curves on {len(planes)} planes "
+             f"in {result.seconds:.1f} s: contour residual mean {mean:.2f} mm, max {worst:.2f} mm"]
+    shapes, modes = training_model(bundle, decoder, settings.level)
+    posterior = shape_posterior(result.mesh, result.pose, shapes, modes,
+                                [(p.origin, p.normal, p.points) for p in planes])
+    uncertainty = posterior.uncertainty_mm()
+    if suggest != "off":
+        report["suggested_plane"], line = _suggestion(posterior, uncertainty, result.pose.scale, suggest, bounds)
+        lines.append(line)
     resampled = np.concatenate([c for plane in planes for c in plane.curves])
-    return _outcome(result, bundle, report, resampled, summary, curves)
+    return _outcome(result, bundle, report, resampled, "\n".join(lines), uncertainty, curves)
+
+
+def _suggestion(posterior, uncertainty: np.ndarray, mm_per_unit: float, mode: str,
+                bounds: np.ndarray | None) -> tuple[dict | None, str]:
+    """(the report's ``suggested_plane``, the line that tells the user) for a fitted surface."""
+    tolerance = _tolerance_mm(mm_per_unit)
+    if uncertainty.max() <= tolerance:
+        return None, (f"next: no contour needed: the uncertainty is under the {tolerance:.1f} mm tolerance "
+                      f"everywhere (at most {uncertainty.max():.1f} mm)")
+    plane = suggest_plane(posterior, oblique=mode == "oblique", bounds=bounds)
+    if plane is None:
+        return None, "next: no suggestion: no plane inside the reference image cuts the surface"
+    gain = plane["expected_gain"]
+    return plane, (f"next: {describe_plane(plane)} (expected to lower the RMS uncertainty from "
+                   f"{gain['rms_uncertainty_before_mm']:.1f} to "
+                   f"{gain['rms_uncertainty_before_mm'] - gain['rms_uncertainty_mm']:.1f} mm)")
 
 
 def residual_warnings(residuals: list[dict], mm_per_unit: float) -> list[str]:
@@ -136,4 +185,7 @@ def fit_points(
                       progress, should_stop)
     check_size(bundle, result.pose.scale, source)
     summary = f"fitted {bundle.organ} to {len(points)} points in {result.seconds:.1f} s"
-    return _outcome(result, bundle, _report(bundle, result, str(source), settings), points, summary)
+    shapes, modes = training_model(bundle, decoder, settings.level)
+    posterior = shape_posterior(result.mesh, result.pose, shapes, modes, [], point_weights(result.mesh, points))
+    return _outcome(result, bundle, _report(bundle, result, str(source), settings), points, summary,
+                    posterior.uncertainty_mm())

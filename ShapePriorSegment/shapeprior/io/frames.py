@@ -36,3 +36,11 @@ def lps_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     """LPS mm (N, 3) -> continuous voxel indices (N, 3) in (i, j, k) order (inverse of :func:`index_to_lps`)."""
     direction = np.array(image.GetDirection()).reshape(3, 3)
     return (np.asarray(points) - np.array(image.GetOrigin())) @ direction / np.array(image.GetSpacing())
+
+
+def image_bounds(image: sitk.Image) -> np.ndarray:
+    """(2, 3) the LPS mm box (low, high corners) around the image's voxel centres."""
+    size = np.array(image.GetSize()) - 1
+    corners = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])], dtype=float)
+    points = index_to_lps(image, corners)
+    return np.stack([points.min(0), points.max(0)])

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-import vtk
-from vtk.util import numpy_support
+# The modules themselves, not `import vtk` (0.5 s of a fit's start-up).
+from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonCore import vtkPoints
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+from vtkmodules.vtkFiltersCore import vtkTriangleFilter
+from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from ..errors import InputError
 from .atomic import atomic_output
@@ -25,8 +30,8 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def polydata_to_trimesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
-    tri = vtk.vtkTriangleFilter()
+def polydata_to_trimesh(poly: vtkPolyData) -> trimesh.Trimesh:
+    tri = vtkTriangleFilter()
     tri.SetInputData(poly)
     tri.PassLinesOff()
     tri.PassVertsOff()
@@ -40,13 +45,13 @@ def polydata_to_trimesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
     return trimesh.Trimesh(verts, faces, process=False)
 
 
-def trimesh_to_polydata(mesh: trimesh.Trimesh, point_data: dict | None) -> vtk.vtkPolyData:
-    poly = vtk.vtkPolyData()
-    points = vtk.vtkPoints()
+def trimesh_to_polydata(mesh: trimesh.Trimesh, point_data: dict | None) -> vtkPolyData:
+    poly = vtkPolyData()
+    points = vtkPoints()
     points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(mesh.vertices, dtype=np.float64), deep=True))
     poly.SetPoints(points)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    cells = vtk.vtkCellArray()
+    cells = vtkCellArray()
     offsets = numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(faces) + 1, 3, dtype=np.int64), deep=True)
     conn = numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(faces.ravel()), deep=True)
     cells.SetData(offsets, conn)
@@ -60,9 +65,9 @@ def trimesh_to_polydata(mesh: trimesh.Trimesh, point_data: dict | None) -> vtk.v
 
 def _read_vtk(path: Path) -> trimesh.Trimesh:
     if _suffix(path) == ".vtp":
-        reader = vtk.vtkXMLPolyDataReader()
+        reader = vtkXMLPolyDataReader()
     else:
-        reader = vtk.vtkPolyDataReader()
+        reader = vtkPolyDataReader()
     reader.SetFileName(str(path))
     reader.Update()
     poly = reader.GetOutput()
@@ -122,9 +127,9 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, point_data: dict 
         if suffix in (".vtk", ".vtp"):
             poly = trimesh_to_polydata(mesh, point_data)
             if suffix == ".vtp":
-                writer = vtk.vtkXMLPolyDataWriter()
+                writer = vtkXMLPolyDataWriter()
             else:
-                writer = vtk.vtkPolyDataWriter()
+                writer = vtkPolyDataWriter()
                 writer.SetHeader("3D Slicer output. SPACE=LPS")
                 writer.SetFileVersion(42)  # readable by every Slicer 5 release
             writer.SetFileName(str(tmp))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import igl
 import numpy as np
 import torch
 import trimesh
@@ -13,8 +12,10 @@ from scipy.spatial import cKDTree
 from ..geometry import triangle_quality
 
 
-def _point_to_surface(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray:
+def point_to_surface(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray:
     """(N,) exact Euclidean distances from (N, 3) points to the mesh's triangles."""
+    import igl  # here: 0.5 s of every command's start-up otherwise
+
     dist2, _, _ = igl.point_mesh_squared_distance(
         points, np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     )
@@ -64,8 +65,8 @@ def surface_metrics(
     """
     pred_points = trimesh.sample.sample_surface(pred, num_points, seed=seed)[0]
     ref_points = trimesh.sample.sample_surface(ref, num_points, seed=seed + 1)[0]
-    pred_to_ref = _point_to_surface(pred_points, ref)
-    ref_to_pred = _point_to_surface(ref_points, pred)
+    pred_to_ref = point_to_surface(pred_points, ref)
+    ref_to_pred = point_to_surface(ref_points, pred)
     radius = float(ref.bounding_sphere.primitive.radius)
     tau_2 = 0.02 * 2 * radius
     result = {
@@ -128,9 +129,10 @@ def self_intersection_fraction(mesh: trimesh.Trimesh) -> float:
     lo, hi = corners.min(1), corners.max(1)
     i, j = pairs.T
     keep = np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]), axis=1)
+    i, j = i[keep], j[keep]
     faces = np.asarray(mesh.faces)
     # Faces sharing a vertex touch there by construction: not a self-intersection.
-    keep &= ~(faces[i][:, :, None] == faces[j][:, None, :]).any((1, 2))
+    keep = ~(faces[i][:, :, None] == faces[j][:, None, :]).any((1, 2))
     i, j = i[keep], j[keep]
     hit = np.zeros(len(i), dtype=bool)
     for a, b in ((i, j), (j, i)):

@@ -27,23 +27,29 @@ from .writer import add_outcome_to_scene
 
 
 def fit_annotation(annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings(),
-                   progress: Progress | None = None, should_stop: ShouldStop | None = None) -> Outcome:
+                   progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                   warm_start: dict | str | os.PathLike | None = None, suggest: str = "axes") -> Outcome:
     """Fit the DALS model to the annotation's curves; touches no MRML (safe in a worker thread).
 
-    A model organ that differs from the annotated segment's name is the first warning."""
+    ``warm_start``: an earlier fit's report (or its JSON file) to refit from (the report then
+    says so under ``warm_start``); ``suggest``: where to look for the next contour's plane
+    ("axes", "oblique", "off"; the report's ``suggested_plane``). A model organ that differs
+    from the annotated segment's name is the first warning."""
     from ..fit.run import fit_curves
 
-    outcome = fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop)
+    outcome = fit_curves(annotation.curves, model, settings, annotation.source, progress, should_stop,
+                         warm_start=warm_start, suggest=suggest)
     if annotation.label and outcome.organ.lower() not in annotation.label.lower():
         outcome.warnings.insert(0, f"the model is a {outcome.organ} model but the annotation is segment "
                                    f"{annotation.label!r}")
     return outcome
 
 
-def fit_job(annotation: Annotation, model: str | os.PathLike = "liver",
-            settings: FitSettings = FitSettings()) -> BackgroundJob:
+def fit_job(annotation: Annotation, model: str | os.PathLike = "liver", settings: FitSettings = FitSettings(),
+            warm_start: dict | str | os.PathLike | None = None, suggest: str = "axes") -> BackgroundJob:
     """:func:`fit_annotation` in a worker thread."""
-    return BackgroundJob(lambda progress, stop: fit_annotation(annotation, model, settings, progress, stop))
+    return BackgroundJob(lambda progress, stop: fit_annotation(annotation, model, settings, progress, stop,
+                                                               warm_start, suggest))
 
 
 def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "liver") -> BackgroundJob:
@@ -69,12 +75,14 @@ def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hi
 
 def fit_contours_in_scene(scene, curve_node_ids: Sequence[str], model: str | os.PathLike = "liver",
                           settings: FitSettings = FitSettings(), progress: Progress | None = None,
-                          should_stop: ShouldStop | None = None, **outputs) -> dict:
-    """Closed-curve markups nodes -> fitted model node and segment. ``outputs``: those of
-    :func:`~shapeprior.mrml.writer.add_surface_to_scene`. A cancelled fit
-    (:class:`~shapeprior.fit.dals_fit.FitCancelled`) leaves the scene unchanged."""
+                          should_stop: ShouldStop | None = None, *, warm_start: dict | str | os.PathLike | None = None,
+                          suggest: str = "axes", **outputs) -> dict:
+    """Closed-curve markups nodes -> fitted model node and segment. ``warm_start``, ``suggest``: as
+    :func:`fit_annotation`; ``outputs``: those of :func:`~shapeprior.mrml.writer.add_surface_to_scene`.
+    A cancelled fit (:class:`~shapeprior.fit.dals_fit.FitCancelled`) leaves the scene unchanged."""
     annotation = read_curve_annotation(scene, curve_node_ids)
-    return add_outcome_to_scene(scene, fit_annotation(annotation, model, settings, progress, should_stop), **outputs)
+    outcome = fit_annotation(annotation, model, settings, progress, should_stop, warm_start, suggest)
+    return add_outcome_to_scene(scene, outcome, **outputs)
 
 
 def fit_painted_segment_in_scene(scene, segmentation_node_id: str, segment_id: str, model: str | os.PathLike = "liver",

@@ -66,17 +66,20 @@ def _point_array(values: np.ndarray, name: str):
 
 def surface_polydata(
     mesh_lps: trimesh.Trimesh, distances: np.ndarray | None = None, normals: bool = False,
-    distance_name: str = DISTANCE_ARRAY,
+    distance_name: str = DISTANCE_ARRAY, point_data: dict[str, np.ndarray] | None = None,
 ) -> vtk.vtkPolyData:
     """vtkPolyData in RAS (double precision) of a triangle mesh in LPS; faces keep their order.
 
-    ``distances`` (one per vertex, mm) becomes the point array ``distance_name``;
+    ``distances`` (one per vertex, mm) becomes the point array ``distance_name``, followed by
+    the arrays of ``point_data`` (name -> one value per vertex);
     ``normals`` adds outward vertex normals (smooth shading of a model node).
     """
     # RAS <-> LPS is a half-turn about z (determinant +1), so the faces keep their winding.
     poly = trimesh_to_polydata(trimesh.Trimesh(mesh_lps.vertices * RAS_TO_LPS, mesh_lps.faces, process=False), None)
     if distances is not None:
         poly.GetPointData().AddArray(_point_array(distances, distance_name))
+    for name, values in (point_data or {}).items():
+        poly.GetPointData().AddArray(_point_array(values, name))
     if normals:
         poly.GetPointData().SetNormals(_point_array(mesh_lps.vertex_normals * RAS_TO_LPS, "Normals"))
     return poly
@@ -90,14 +93,15 @@ def polydata_to_mesh(poly: vtk.vtkPolyData) -> trimesh.Trimesh:
     return trimesh.Trimesh(mesh.vertices * RAS_TO_LPS, mesh.faces, process=False)
 
 
-def _show_distances(model_node, distances: np.ndarray, name: str) -> None:
-    """Colour the model by its point array ``name``: 0 to the 95th percentile, or symmetric
-    about 0 when the distances are signed (NaN, e.g. outside an image, is ignored)."""
+def show_point_array(model_node, name: str) -> None:
+    """Colour the model by its point array ``name`` (mm): 0 to the 95th percentile, or symmetric
+    about 0 when the values are signed (NaN, e.g. outside an image, is ignored)."""
+    values = numpy_support.vtk_to_numpy(model_node.GetPolyData().GetPointData().GetArray(name))
     display = model_node.GetDisplayNode()
     display.SetActiveScalar(name, vtk.vtkAssignAttribute.POINT_DATA)
     display.SetScalarRangeFlag(display.UseManualScalarRange)
-    top = max(5.0, float(np.nanpercentile(np.abs(distances), 95))) if np.isfinite(distances).any() else 5.0
-    display.SetScalarRange(-top if np.nanmin(distances, initial=0.0) < 0 else 0.0, top)
+    top = max(5.0, float(np.nanpercentile(np.abs(values), 95))) if np.isfinite(values).any() else 5.0
+    display.SetScalarRange(-top if np.nanmin(values, initial=0.0) < 0 else 0.0, top)
     colors = model_node.GetScene().GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
     if colors is not None:  # in Slicer; slicer-core has no colour tables
         display.SetAndObserveColorNodeID(colors.GetID())
@@ -133,6 +137,7 @@ def add_surface_to_scene(
     distances: np.ndarray | None = None,
     distance_name: str = DISTANCE_ARRAY,
     *,
+    point_data: dict[str, np.ndarray] | None = None,
     segmentation_node_id: str | None = None,
     model_node_id: str | None = None,
     segment_name: str | None = None,
@@ -143,11 +148,11 @@ def add_surface_to_scene(
 
     The model node is ``model_node_id`` (its surface replaced) or a new ``<organ> surface``;
     with ``distances`` (V,) mm it gets them as the point array ``distance_name`` and is coloured
-    by them. The segment goes to ``segmentation_node_id`` or a new segmentation node whose
-    source representation is set to closed surface first (so the surface is kept, not
-    voxelised). It is named ``segment_name`` (default: the organ), made unique
-    (``liver 2``) unless ``replace`` is set, in which case a segment of that name is
-    swapped in place. On any error every change is undone.
+    by them; ``point_data`` (name -> (V,) values) adds more point arrays beside. The segment
+    goes to ``segmentation_node_id`` or a new segmentation node whose source representation
+    is set to closed surface first (so the surface is kept, not voxelised). It is named
+    ``segment_name`` (default: the organ), made unique (``liver 2``) unless ``replace`` is set,
+    in which case a segment of that name is swapped in place. On any error every change is undone.
 
     Returns ``{"model_node_id", "segmentation_node_id", "segment_id", "segment_name", "warnings"}``.
     """
@@ -158,9 +163,11 @@ def add_surface_to_scene(
         if segmentation_node_id else None
     )
     # Everything that can fail on bad data is computed before the scene is changed.
-    if distances is not None and len(distances) != len(mesh_lps.vertices):
-        raise ValueError(f"{len(distances)} distances for {len(mesh_lps.vertices)} vertices")
-    model_poly = surface_polydata(mesh_lps, distances, normals=True, distance_name=distance_name)
+    for name, values in {distance_name: distances, **(point_data or {})}.items():
+        if values is not None and len(values) != len(mesh_lps.vertices):
+            raise ValueError(f"{len(values)} values of {name} for {len(mesh_lps.vertices)} vertices")
+    model_poly = surface_polydata(mesh_lps, distances, normals=True, distance_name=distance_name,
+                                  point_data=point_data)
     segment_poly = surface_polydata(mesh_lps)
     warnings: list[str] = []
     undo: list[Callable[[], None]] = []
@@ -178,7 +185,7 @@ def add_surface_to_scene(
         if model_node.GetDisplayNode() is None:
             model_node.CreateDefaultDisplayNodes()
         if distances is not None:
-            _show_distances(model_node, distances, distance_name)
+            show_point_array(model_node, distance_name)
 
         if segmentation_node is None:
             segmentation_node = scene.AddNewNodeByClass(
@@ -223,13 +230,15 @@ def add_surface_to_scene(
 
 def add_outcome_to_scene(scene, outcome: Outcome, **outputs) -> dict:
     """Write a fit's outcome to the scene: :func:`add_surface_to_scene`, the model coloured by the
-    outcome's first per-vertex array (distance to the annotation, or to a refined mask's boundary).
+    outcome's first per-vertex array (distance to the annotation, or to a refined mask's boundary)
+    and carrying the others (e.g. ``Uncertainty_mm``) as point arrays too.
 
     Returns the node ids as :func:`add_surface_to_scene` does, plus ``report``: the outcome's report
     with its warnings followed by the scene's, and the names of the nodes written (``outputs``).
     """
-    name, values = next(iter(outcome.vertex_data.items()), (DISTANCE_ARRAY, None))
-    written = add_surface_to_scene(scene, outcome.mesh, outcome.organ, values, name, **outputs)
+    (name, values), *others = list(outcome.vertex_data.items()) or [(DISTANCE_ARRAY, None)]
+    written = add_surface_to_scene(scene, outcome.mesh, outcome.organ, values, name, point_data=dict(others),
+                                   **outputs)
     report = {**outcome.report, "warnings": outcome.warnings + written.pop("warnings")}
     report["outputs"] = {
         "model": scene.GetNodeByID(written["model_node_id"]).GetName(),
