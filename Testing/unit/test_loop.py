@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from shapeprior.bench.contours import section_curves
-from shapeprior.bench.loop import auroc, noc, run_loop, summarise
+from shapeprior.bench.loop import auroc, noc, plot, run_loop, summarise
 from shapeprior.cli import main
 from shapeprior.fit.contour_interpolation import plane_distances
 from shapeprior.fit.contours import group_planes
@@ -172,3 +172,5 @@ def test_the_loop_benchmark_runs_every_strategy_on_a_small_organ(tmp_path, tiny_
     assert 0 <= suggested["fscore_2"] <= 100 and suggested["cold_fscore_2"] >= 0 and 0 <= suggested["auroc"] <= 1
     table = summarise(result)
     assert "| suggested |" in table and "NoC@90" in table and "LiTS-1.obj" in table
+    plot(result, tmp_path / "loop.png")
+    assert (tmp_path / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from functools import lru_cache
 from typing import Any, Union
 
 from ..errors import InputError
-from .bundle import ModelBundle, load_bundle
+from .bundle import ModelBundle, load_bundle, resolve_model
 
 # A shipped model name or bundle path, or a (bundle, model) pair from load_model (reused across many fits).
 Model = Union[str, os.PathLike, tuple[ModelBundle, Any]]
@@ -33,8 +34,21 @@ def build_model(bundle: ModelBundle) -> Any:
 
 
 def load_model(name_or_path: str | os.PathLike, kind: str | None = None) -> tuple[ModelBundle, Any]:
-    """(bundle, model) of a shipped model name or a bundle file, checked to be of ``kind`` if given."""
-    bundle = load_bundle(name_or_path, kind)
+    """(bundle, model) of a shipped model name or a bundle file, checked to be of ``kind`` if given.
+
+    Loaded once per file version (path, size, modification time): the panel's refits, and any
+    later fit in the same process, reuse it (fits never change a model)."""
+    path = resolve_model(name_or_path)
+    try:
+        stat = path.stat()
+    except OSError:  # gone or unreadable: load_bundle says which, in one line
+        return _load(str(path), 0, 0, kind)
+    return _load(str(path), stat.st_size, stat.st_mtime_ns, kind)
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, size: int, mtime_ns: int, kind: str | None) -> tuple[ModelBundle, Any]:
+    bundle = load_bundle(path, kind)
     return bundle, build_model(bundle)
 
 
