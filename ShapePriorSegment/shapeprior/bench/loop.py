@@ -231,7 +231,8 @@ def plot(result: dict, path: str) -> None:
         counts = sorted({r["contours"] for r in result["rows"] if r["strategy"] == strategy})
         medians = [np.median([r["fscore_2"] for r in result["rows"] if r["strategy"] == strategy
                               and r["contours"] == c]) for c in counts]
-        axes.plot(counts, medians, style, label=strategy, markersize=8)
+        label = f"{strategy} (each liver until {TARGET:g})" if strategy == "RBF oracle" else strategy
+        axes.plot(counts, medians, style, label=label, markersize=8)
     axes.axhline(TARGET, color="grey", linewidth=0.8)
     axes.set_xlabel("contours drawn")
     axes.set_ylabel("median F@2% (held-out livers)")
