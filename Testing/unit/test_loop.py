@@ -130,7 +130,8 @@ def _point_arrays(path) -> dict:
     return {data.GetArrayName(i): vtk_to_numpy(data.GetArray(i)) for i in range(data.GetNumberOfArrays())}
 
 
-@pytest.mark.parametrize("problem", ["not json", "no fit state", "other frame", "other model", "missing"])
+@pytest.mark.parametrize("problem", ["not json", "no fit state", "other frame", "other model", "other level",
+                                     "short coefficients", "curves not a list", "missing"])
 def test_a_bad_warm_start_report_is_one_line_and_exit_2(tmp_path, tiny_model, capsys, problem):
     write_closed_curves(curves(), tmp_path / "three.mrk.json")
     command = ["fit-contours", str(tmp_path / "three.mrk.json"), "--model", str(tiny_model), *FAST]
@@ -145,6 +146,13 @@ def test_a_bad_warm_start_report_is_one_line_and_exit_2(tmp_path, tiny_model, ca
         bad.write_text(json.dumps({**good, "fit_state": {**good["fit_state"], "frame": "RAS mm"}}))
     elif problem == "other model":
         bad.write_text(json.dumps({**good, "fit_state": {**good["fit_state"], "model_sha256": "0" * 16}}))
+    elif problem == "other level":
+        bad.write_text(json.dumps({**good, "fit_state": {**good["fit_state"], "level": 3}}))
+    elif problem == "short coefficients":
+        bad.write_text(json.dumps({**good, "fit_state": {**good["fit_state"],
+                                                         "coefficients": good["fit_state"]["coefficients"][:-1]}}))
+    elif problem == "curves not a list":
+        bad.write_text(json.dumps({**good, "fit_state": {**good["fit_state"], "curves": 7}}))
     capsys.readouterr()
     assert main([*command, "--warm-start", str(bad), "--report", str(tmp_path / "out.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -174,3 +182,15 @@ def test_the_loop_benchmark_runs_every_strategy_on_a_small_organ(tmp_path, tiny_
     assert "| suggested |" in table and "NoC@90" in table and "LiTS-1.obj" in table
     plot(result, tmp_path / "loop.png")
     assert (tmp_path / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_laplacian_modes_are_the_same_in_every_process():
+    """--warm-start's coefficients weigh these modes: a new process must rebuild the same basis."""
+    import subprocess
+    import sys
+
+    from shapeprior.fit.dals_fit import laplacian_modes
+
+    code = "from shapeprior.fit.dals_fit import laplacian_modes; print(laplacian_modes(3, 16).numpy().tobytes().hex())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert bytes.fromhex(other) == laplacian_modes(3, 16).numpy().tobytes()

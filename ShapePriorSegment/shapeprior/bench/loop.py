@@ -116,13 +116,13 @@ def run_case(case: Case, max_contours: int) -> list[dict]:
     # Suggested planes, each refit from the previous fit, and a cold fit of the same curves.
     fit, drawn = first, list(curves)
     for count in range(4, max_contours + 1):
-        plane = fit["suggestion"]
+        plane, before = fit["suggestion"], len(drawn)
         if plane is not None:
             drawn = case.extend(drawn, plane["origin"], plane["normal"])
         fit = case.fit(drawn, start=fit["result"].state)
         cold = case.fit(drawn)
         rows.append(_row(case, "suggested", count, fit, cold_fscore_2=cold["fscore_2"], cold_seconds=cold["seconds"],
-                         axis=plane["axis"] if plane else None,
+                         axis=plane["axis"] if plane else None, new_curves=len(drawn) - before,
                          **calibration(fit["result"].mesh, fit["uncertainty"], case.truth)))
     fit = first
     for count in range(4, max_contours + 1):
@@ -148,7 +148,7 @@ def rbf_oracle(case: Case, curves: list[np.ndarray], candidates: list, max_conto
             more = case.extend(drawn, origin, normal)
             trials.append((case.metrics(rbf_surface(group_planes(more, case.name))), more, (origin, normal)))
         score, drawn, chosen = max(trials, key=lambda t: t[0]["fscore_2"])
-        left = [c for c in left if c is not chosen]
+        left = [c for c in left if not (np.array_equal(c[0], chosen[0]) and np.array_equal(c[1], chosen[1]))]
         rows.append(_row(case, "RBF oracle", count, score))
     return rows
 

@@ -180,7 +180,8 @@ def run_fit_contours(args: argparse.Namespace) -> int:
         from ..fit.warm_start import read_warm_start
         from ..models.bundle import read_header
 
-        read_warm_start(warm_start, read_header(args.model, "dals"), curves)
+        settings = settings_from(args, FitSettings)
+        read_warm_start(warm_start, read_header(args.model, "dals"), curves, settings.level, settings.vertex_modes)
     bounds = image_bounds(reference) if args.reference else None
     from ..fit.run import fit_curves
     from .output import fit_and_write

@@ -143,7 +143,10 @@ def laplacian_modes(level: int, count: int) -> torch.Tensor:
     lap = uniform_laplacian(faces, num_verts).coalesce()
     laplacian = sparse.coo_matrix((lap.values().double().numpy(), tuple(lap.indices().numpy())), shape=(num_verts,) * 2)
     count = min(count, num_verts - 2)
-    _, vectors = eigsh(laplacian.tocsc(), k=count + 1, sigma=-1e-3, which="LM")
+    # A fixed start vector: ARPACK's default is random, and the modes (a basis of degenerate
+    # eigenspaces, and their signs) must be the same in every process for --warm-start's coefficients.
+    start = np.random.default_rng(0).standard_normal(num_verts)
+    _, vectors = eigsh(laplacian.tocsc(), k=count + 1, sigma=-1e-3, which="LM", v0=start)
     return torch.tensor(vectors[:, 1:], dtype=torch.float32)
 
 

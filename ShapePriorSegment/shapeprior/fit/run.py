@@ -67,7 +67,7 @@ def _outcome(result: FitResult, bundle: ModelBundle, report: dict, points_lps: n
         "max": float(uncertainty.max()), "tolerance": _tolerance_mm(result.pose.scale),
         "share_above_tolerance": float(np.mean(uncertainty > _tolerance_mm(result.pose.scale))),
     }
-    report["fit_state"] = fit_state_record(result.state, bundle, curves)
+    report["fit_state"] = fit_state_record(result.state, bundle, curves, report["settings"]["level"])
     report.setdefault("warnings", [])
     return Outcome(result.mesh, bundle.organ, report, vertex_data={DISTANCE_ARRAY: distances,
                                                                    UNCERTAINTY_ARRAY: uncertainty},
@@ -119,7 +119,8 @@ def fit_curves(
     ((2, 3) LPS mm, e.g. the image's box). ``detail`` is the :class:`FitResult`."""
     planes = group_planes(curves, str(source))  # the curves' own defects first, before the model loads
     bundle, decoder, latent_mean = _load(model, np.concatenate(curves), source)
-    start, notes = read_warm_start(warm_start, bundle, curves) if warm_start is not None else (None, [])
+    start, notes = (read_warm_start(warm_start, bundle, curves, settings.level, settings.vertex_modes)
+                    if warm_start is not None else (None, []))
     result = fit_planes(decoder, latent_mean, planes, settings, progress, should_stop, start)
     check_size(bundle, result.pose.scale, source)
     report = _report(bundle, result, str(source), settings)

@@ -104,7 +104,8 @@ def training_model(bundle, decoder: torch.nn.Module, level: int) -> tuple[np.nda
     """
     from .dals_fit import laplacian_modes
 
-    key = (str(bundle.path), level)
+    stat = bundle.path.stat()  # a model retrained at the same path is another model
+    key = (str(bundle.path), stat.st_size, stat.st_mtime_ns, level)
     if key not in _TRAINING_MODELS:
         coarse, faces = icosphere(max(level - 1, 0))
         with torch.no_grad():

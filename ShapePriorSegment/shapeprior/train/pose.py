@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..io import read_image, read_mesh
-from ..models.bundle import save_bundle
+from ..models.bundle import load_bundle, save_bundle
 from ..models.pose_agent import (
     STAGES,
     CanonicalSDF,
@@ -32,7 +32,7 @@ from ..models.pose_agent import (
     build_canonical_sdf,
     render_state,
 )
-from ..models.registry import load_model
+from ..models.registry import build_model
 from ..models.sdf import ShapeSpace
 from ..prep.crops import GridSpec, agent_input, intensity_stats
 from ..prep.sdf import signed_distance
@@ -186,7 +186,8 @@ def train_pose(
     networks, images and the loss run on ``device`` (default: CUDA when available).
     """
     dataset, out = Path(dataset), Path(out)
-    sdf_bundle, (decoder, space) = load_model(sdf_model, kind="sdf")
+    sdf_bundle = load_bundle(sdf_model, kind="sdf")  # not load_model's shared copy: moved to the device
+    decoder, space = build_model(sdf_bundle)
     for p in decoder.parameters():
         p.requires_grad_(False)
     manifest = read_manifest(dataset)

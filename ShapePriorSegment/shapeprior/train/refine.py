@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..fit.image_fit import run_agent, shape_sdf, state_from_record
 from ..io import read_image, read_mesh
-from ..models.bundle import save_bundle
+from ..models.bundle import load_bundle, save_bundle
 from ..models.dissm import DISSMModel
 from ..models.pose_agent import PoseState
 from ..models.refiner import (
@@ -26,7 +26,7 @@ from ..models.refiner import (
     refine_sdf,
     refinement_loss,
 )
-from ..models.registry import load_model
+from ..models.registry import build_model
 from ..prep.crops import FINE_GRID, agent_input
 from ..prep.sdf import signed_distance
 from .common import Run, read_manifest
@@ -73,7 +73,8 @@ def train_refiner(model_path: str | Path, dataset: str | Path, out: str | Path, 
     (default: CUDA when available).
     """
     dataset, out = Path(dataset), Path(out)
-    bundle, model = load_model(model_path, kind="dissm")
+    bundle = load_bundle(model_path, kind="dissm")  # not load_model's shared copy: training changes it
+    model = build_model(bundle)
     manifest = read_manifest(dataset)
     names = bundle.metadata["sdf_training"]["shapes"]
     run = Run(out, settings, device)
