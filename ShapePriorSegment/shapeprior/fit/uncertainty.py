@@ -99,8 +99,8 @@ def training_model(bundle, decoder: torch.nn.Module, level: int) -> tuple[np.nda
     (V, M) its smoothest Laplacian modes), computed once per model and level.
 
     The shapes are decoded one level coarser and their edge midpoints interpolated (the finer
-    icosphere's new vertices are those midpoints): a quarter of the decoding time, 0.4 s of a
-    command-line fit, for a basis of smooth shape variation that loses nothing by it.
+    icosphere's new vertices are those midpoints): 0.14 s instead of 0.76 s measured, for a basis
+    of smooth shape variation 5% RMS from the directly decoded one.
     """
     from .dals_fit import laplacian_modes
 
