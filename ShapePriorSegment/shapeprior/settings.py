@@ -22,8 +22,9 @@ class FitSettings:
     level: int = option(4, "icosphere level of the fitted surface", (1, 6))
     global_steps: int = option(80, "steps of the single-latent stage", (1, 5000))
     vertex_steps: int = option(40, "steps of the per-vertex-latent stage (0: global latent only)", (0, 5000))
-    refit_steps: tuple[int, int] = (25, 20)  # the two stages' steps when refitting from an earlier fit
+    refit_steps: tuple[int, int] = (40, 30)  # the two stages' steps when refitting from an earlier fit
     global_level: int = 3  # the single-latent stage shapes the organ coarsely: a 4x smaller mesh is enough
+    vertex_level: int = 3  # icosphere on which the per-vertex stage's loss is measured (its latents live on `level`)
     lr: float = 1e-2
     vertex_lr: float = 3e-3
     lambda_reg: float = option(0.01, "triangle-quality weight", (0.0, 1e3))

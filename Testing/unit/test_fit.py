@@ -540,6 +540,25 @@ def test_fit_is_reproducible_and_matches_fit_dals(tiny, tiny_model, target):
     np.testing.assert_allclose(unblended.mesh.vertices, direct.mesh.vertices, atol=1e-4)
 
 
+
+def test_per_vertex_stage_on_a_coarser_icosphere_fits_the_fine_surface(tiny, target):
+    # The stage's loss is measured on the level-1 icosphere; its latents (and the surface) live on level 2.
+    decoder, mean = tiny
+    mesh, _ = target
+    planes = group_planes(cut_curves(mesh, 3))
+    settings = FitSettings(level=2, vertex_level=1, global_steps=20, vertex_steps=10, vertex_modes=8)
+    result = fit_dals(decoder, mean, lambda u: ContourTask(planes, 200, u), settings)
+    assert len(result.mesh.vertices) == 162 and result.state.coefficients.shape == (8, mean.shape[0])
+    size = float(mesh.bounding_sphere.primitive.radius)
+    assert surface_metrics(result.mesh, mesh, num_points=5000)["assd_mm"] < 0.03 * size
+    # The surface is the fine icosphere decoded with the fitted state's latents.
+    template, _ = icosphere(2)
+    latents = torch.tensor(result.state.latent, dtype=torch.float32) + laplacian_modes(2, 8) @ torch.tensor(
+        result.state.coefficients, dtype=torch.float32)
+    with torch.no_grad():
+        unit = decoder(template, latents[None])[0].double().numpy()
+    np.testing.assert_allclose(result.pose.apply(unit), result.mesh.vertices, atol=1e-3)
+
 def test_point_fit_recovers_the_pose(tiny_model, target):
     mesh, truth = target
     points = trimesh.sample.sample_surface(mesh, 400, seed=3)[0]

@@ -42,15 +42,20 @@ def contour_interpolant(planes: list[Plane], offset_mm: float = 3.0, max_points:
     return RBFInterpolator(np.concatenate(centres), np.concatenate(values), kernel="thin_plate_spline", smoothing=1e-3)
 
 
-def project_to_zero_set(f: RBFInterpolator, points: np.ndarray, iterations: int = 4, max_step_mm: float = 5.0,
+def project_to_zero_set(f: RBFInterpolator, points: np.ndarray, iterations: int = 3, max_step_mm: float = 5.0,
                         h_mm: float = 0.5) -> np.ndarray:
-    """(N, 3) points moved onto f = 0 by Newton steps along the gradient (central differences)."""
+    """(N, 3) points moved onto f = 0 by Newton steps along the gradient (forward differences).
+
+    Forward differences and three steps cost 12 evaluations a point instead of 28 (central
+    differences, four steps) for the same surfaces on held-out livers; steps along a gradient
+    frozen at the start cost less still but made neighbouring points cross (self-intersections).
+    """
     points = np.array(points, dtype=np.float64)
-    offsets = np.concatenate([np.zeros((1, 3)), h_mm * np.eye(3), -h_mm * np.eye(3)])  # (7, 3)
+    offsets = np.concatenate([np.zeros((1, 3)), h_mm * np.eye(3)])  # (4, 3)
     for _ in range(iterations):
-        # One call for each point and its six neighbours: the interpolant's set-up dominates small calls.
-        values = f((points[None] + offsets[:, None]).reshape(-1, 3)).reshape(7, -1)
-        value, grad = values[0], ((values[1:4] - values[4:7]) / (2 * h_mm)).T
+        # One call for each point and its three neighbours: the interpolant's set-up dominates small calls.
+        values = f((points[None] + offsets[:, None]).reshape(-1, 3)).reshape(4, -1)
+        value, grad = values[0], ((values[1:] - values[0]) / h_mm).T
         step = value[:, None] * grad / np.maximum((grad**2).sum(1, keepdims=True), 1e-6)
         length = np.linalg.norm(step, axis=1, keepdims=True)
         points -= step * np.minimum(1.0, max_step_mm / np.maximum(length, 1e-12))

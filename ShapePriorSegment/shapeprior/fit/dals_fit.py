@@ -223,11 +223,10 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, 
     for p in decoder.parameters():
         p.requires_grad_(False)
     template, faces = icosphere(settings.level)
-    coarse, coarse_faces = icosphere(min(settings.global_level, settings.level))
-    pairs = {len(faces): face_pairs(faces), len(coarse_faces): face_pairs(coarse_faces)}
+    global_level = min(settings.global_level, settings.level)
     if start is None:
         with torch.no_grad():
-            mean_verts = decoder(coarse, latent_mean[None])[0]
+            mean_verts = decoder(icosphere(global_level)[0], latent_mean[None])[0]
         start_pose = initial_pose(mean_verts.numpy(), make_task(1.0).points)
     else:
         start_pose = start.pose
@@ -239,7 +238,11 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, 
     history: list[dict] = []
 
     def run(stage: str, params: list, steps: int, extra: Callable[[], torch.Tensor], latent_lr: float,
-            latents: Callable[[], torch.Tensor], train_pose: bool, template: torch.Tensor, faces: torch.Tensor) -> None:
+            latents: Callable[[int], torch.Tensor], train_pose: bool, level: int) -> None:
+        """``steps`` of Adam, the loss measured on the level-``level`` icosphere; ``latents(V)``: (C,) one
+        latent or (V, C) those of its V vertices (the first V of any finer icosphere's)."""
+        template, faces = icosphere(level)
+        pairs = face_pairs(faces)
         groups = [{"params": params, "lr": latent_lr}]
         if train_pose:
             groups.append({"params": list(pose.parameters()), "lr": settings.lr})
@@ -247,13 +250,13 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, 
         for step in range(steps):
             if should_stop is not None and should_stop():
                 raise FitCancelled("fit cancelled")
-            verts_unit = decoder(template, latents()[None])[0]
+            verts_unit = decoder(template, latents(len(template))[None])[0]
             verts = pose(verts_unit)
             task_loss = task.loss(verts, faces, g)
             shape_terms = settings.lambda_reg * quality_loss(verts_unit, faces)
             if settings.lambda_normal:
                 shape_terms = shape_terms + settings.lambda_normal * normal_consistency_loss(
-                    verts_unit, faces, pairs[len(faces)])
+                    verts_unit, faces, pairs)
             loss = task_loss + shape_terms + extra()
             loss.backward()
             optimiser.step()
@@ -263,7 +266,7 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, 
 
     z = torch.nn.Parameter(latent_mean.clone() if start is None else torch.tensor(start.latent, dtype=torch.float32))
     run("global latent", [z], stages[0], lambda: settings.lambda_latent * (z - latent_mean).pow(2).sum(), settings.lr,
-        lambda: z, True, coarse, coarse_faces)
+        lambda _: z, True, global_level)
     laplacian = uniform_laplacian(faces, len(template))
     modes = laplacian_modes(settings.level, settings.vertex_modes)
     coefficients = torch.nn.Parameter(torch.zeros(modes.shape[1], z.shape[0]) if start is None else
@@ -275,7 +278,7 @@ def _fit_dals(decoder, latent_mean, make_task, settings, progress, should_stop, 
 
     run("per-vertex latents", [coefficients], stages[1],
         lambda: settings.lambda_dir * laplacian_energy(vertex_latents(), laplacian, settings.laplacian_power),
-        settings.vertex_lr, vertex_latents, settings.vertex_pose, template, faces)
+        settings.vertex_lr, lambda n: vertex_latents()[:n], settings.vertex_pose, min(settings.vertex_level, settings.level))
     with torch.no_grad():
         verts_mm = pose(decoder(template, vertex_latents()[None])[0]).double().numpy()
     mesh = trimesh.Trimesh(verts_mm, faces.numpy(), process=False)
