@@ -67,6 +67,23 @@ class ImplicitMaskSettings:
 
 
 @dataclass
+class TemplateMaskSettings:
+    """The template interaction module (fit/mask_template.py): a template model fitted to a mask."""
+
+    keep_share: float = option(0.25, "template models: share of the mask's surface points, best matching the "
+                               "template by CPD, that keep their full weight (ISMM: 0.25)", (0.01, 1.0))
+    outlier_weight: float = 0.1  # weight of the other points
+    points: int = 1500  # mask and template surface points (CPD costs N x M)
+    free_points: int = 512  # uniform points per step for the off-surface term
+    steps: int = 200
+    lr: float = 1e-2  # of the codes
+    tune_hypernetwork: bool = False  # also fit the deformation's hypernetwork to the case (the reference code does)
+    hyper_lr: float = 1e-4
+    resolution: int = 64  # marching cubes of the fitted field
+    seed: int = 0
+
+
+@dataclass
 class RefineSettings:
     """Mask refinement: a robust prior fit, then its fusion with the mask."""
 
@@ -79,6 +96,7 @@ class RefineSettings:
     # (lambda_latent 0 / 1e-3 / 1e-2 tried on 3 held-out livers: 1e-3 lowered HD95 in three failure modes).
     dals: FitSettings = field(default_factory=lambda: FitSettings(global_steps=150, vertex_steps=80, lambda_dir=0.3,
                                                                   lambda_latent=1e-3))
+    template: TemplateMaskSettings = field(default_factory=TemplateMaskSettings)
     implicit: ImplicitMaskSettings = field(default_factory=ImplicitMaskSettings)
 
 

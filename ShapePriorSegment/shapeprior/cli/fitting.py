@@ -11,7 +11,7 @@ import os
 from dataclasses import fields
 
 from ..errors import InputError
-from ..settings import FitSettings, RefineSettings
+from ..settings import FitSettings, RefineSettings, TemplateMaskSettings
 from .options import (
     add_outputs,
     add_settings,
@@ -97,7 +97,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Fit a shape model robustly to a mask (largest part; leaks, holes and cut-off parts barely "
         "pull), then fuse it with the mask: the mask where both agree, the prior where they do not. A DALS model "
         "fits a mesh to the mask boundary's distance map; an implicit (sdf/dissm) model fits pose and PCA "
-        "loadings to its signed distance map.",
+        "loadings to its signed distance map; a template model aligns the mask to its template (CPD), fits a "
+        "case's codes to the best-matching share of the boundary and maps each surface point to the template.",
     )
     p.add_argument("input", help="label image (.nii.gz, .nrrd, .seg.nrrd, .mha)")
     p.add_argument("--model", required=True, help="shipped model name (liver, hippocampus) or a .pt bundle")
@@ -106,6 +107,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="the image the mask belongs to, for the scene bundle")
     add_settings(p, RefineSettings)
     add_settings(p, FitSettings, RefineSettings().dals, only=("lambda_dir", "seed"))
+    add_settings(p, TemplateMaskSettings, RefineSettings().template, only=("keep_share",))
     p.add_argument("--global-only", action="store_true", help="DALS: one global latent, no per-vertex latents")
     add_outputs(p, {"--out-model": "refined surface, LPS mm, with the point array DistanceToMaskBoundary_mm "
                     "(.vtk/.vtp keep it; .stl/.ply/.obj)", "--out-seg": "segmentation on the mask's grid (.nii.gz, "
@@ -249,11 +251,12 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     check_outputs(args)
     check_input(args.input)
     kind = read_header(args.model).kind
-    dals_only = given(args, "lambda_dir", "global_only")
-    if kind != "dals" and dals_only:
-        verb = "applies" if len(dals_only) == 1 else "apply"
-        raise InputError(None, f"{' and '.join(dals_only)} only {verb} to DALS models; "
-                         f"{args.model} is a {kind!r} model")
+    for only_kind, name, flags in (("dals", "DALS", given(args, "lambda_dir", "global_only")),
+                                   ("template", "template", given(args, "keep_share"))):
+        if kind != only_kind and flags:
+            verb = "applies" if len(flags) == 1 else "apply"
+            raise InputError(None, f"{' and '.join(flags)} only {verb} to {name} models; "
+                             f"{args.model} is a {kind!r} model")
     if args.image:
         read_image(args.image)  # a bad image fails before the fit
     mask = _read_mask(args, args.input)
@@ -264,7 +267,8 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     dals = settings_from(args, FitSettings, base.dals)
     dals = replace(dals, vertex_steps=0) if args.global_only else dals
     settings = replace(settings_from(args, RefineSettings, base), dals=dals,
-                       implicit=replace(base.implicit, seed=dals.seed))
+                       implicit=replace(base.implicit, seed=dals.seed),
+                       template=replace(settings_from(args, TemplateMaskSettings, base.template), seed=dals.seed))
     return fit_and_write(args, lambda progress: refine_mask(mask, args.model, args.input, args.all_parts, settings,
                                                             progress=progress),
                          volume_path=args.image)

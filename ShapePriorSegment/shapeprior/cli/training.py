@@ -49,6 +49,14 @@ TRAINERS = {
         {"dataset": "folder made by `shapeprior prepare --images`", "out": BUNDLE_OUT},
         "UNetTrainSettings", "unet:train_unet",
     ),
+    "train-template": (
+        "train an implicit template with a deformation field (ISMM / ReShapeIT) on a prepared dataset",
+        "Auto-decoder training of a template signed-distance field shared by all shapes and a hypernetwork-made "
+        "deformation field per shape (two codes each), on the surfaces and SDF samples of a prepared dataset; "
+        "the model gives dense correspondences through the template. Resumable: re-run the same command.",
+        {"dataset": "folder made by `shapeprior prepare` (with SDF samples)", "out": BUNDLE_OUT},
+        "TemplateTrainSettings", "template:train_template",
+    ),
 }
 
 

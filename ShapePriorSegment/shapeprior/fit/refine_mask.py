@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -38,11 +39,13 @@ from .image_fit import state_record
 from .mask_dals import MaskTask
 from .mask_fusion import fuse_with_mask
 from .mask_implicit import fit_mask_implicit, implicit_mesh
+from .mask_template import TemplateFit, fit_template_to_mask
 from .outcome import Outcome
 from .uncertainty import UNCERTAINTY_ARRAY, point_weights, shape_posterior, training_model
 
 MESH_KINDS = ("dals",)
 IMPLICIT_KINDS = ("dissm", "sdf")
+TEMPLATE_KINDS = ("template",)
 # Size warning: fitted mm-per-unit scales beyond this factor of the training range.
 SIZE_WARNING = 1.3
 # Vertices farther than this many voxels from the mask boundary are where the prior disagrees.
@@ -51,12 +54,25 @@ DISAGREE_VOXELS = 2.0
 # a voxel; the DALS liver prior is coarser than the masks' 2-3 mm voxels, so the mask is followed further.
 # Chosen among 0.5/1/(0.7 Gaussian) voxels on 8 held-out hippocampi and 2/3/5/8 voxels on 3 held-out
 # livers, all of them also in `benchmark refine`'s sets.
-TRUST_VOXELS = {"dals": 5.0, "dissm": 1.0, "sdf": 1.0}
+TRUST_VOXELS = {"dals": 5.0, "dissm": 1.0, "sdf": 1.0, "template": 1.0}
 # The mask is cropped to its bounding box grown by this plus twice the fusion tau: beyond that
 # the fusion keeps the prior whatever the mask says.
 CROP_MARGIN_MM = 10.0
 # Name of the per-vertex signed distance to the mask boundary on output models.
 DISTANCE_ARRAY = "DistanceToMaskBoundary_mm"
+# Per-vertex template coordinates (template models): corresponding points share them across cases.
+TEMPLATE_ARRAY = "TemplateCoordinates"
+
+
+@dataclass
+class PriorFit:
+    """The model's robust fit to the mask, before the fusion."""
+
+    mesh: trimesh.Trimesh  # LPS mm
+    mm_per_unit: float
+    pose: dict  # the report's record of the model -> LPS mm placement
+    uncertainty: np.ndarray | None = None  # (V,) mm given the mask's boundary (DALS models)
+    template: TemplateFit | None = None  # template models: codes and frame, for correspondences
 
 
 def crop_to_mask(mask: sitk.Image, margin_mm: float, source: str) -> sitk.Image:
@@ -72,10 +88,14 @@ def crop_to_mask(mask: sitk.Image, margin_mm: float, source: str) -> sitk.Image:
     return sitk.RegionOfInterest(mask, [int(v) for v in (hi - lo)[::-1]], [int(v) for v in lo[::-1]])
 
 
-def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSettings, progress, should_stop):
-    """The model's robust fit: (surface LPS mm, mm per model unit, pose record, per-vertex uncertainty
-    (V,) mm given the mask's boundary, for DALS models; else None)."""
+def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSettings, source: str, progress,
+               should_stop) -> PriorFit:
+    """The model's robust fit to the prepared mask."""
     model = build_model(bundle)
+    if bundle.kind in TEMPLATE_KINDS:
+        fit = fit_template_to_mask(model, prepared, settings.template, source, progress, should_stop)
+        pose = {"lps_to_unit": fit.to_unit.to_dict(), "kept_share": float(fit.kept.mean())}
+        return PriorFit(fit.mesh_lps(settings.template.resolution), 1.0 / fit.to_unit.scale, pose, template=fit)
     if bundle.kind in MESH_KINDS:
         decoder, latent_mean = model
 
@@ -86,12 +106,12 @@ def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSett
         shapes, modes = training_model(bundle, decoder, settings.dals.level)
         seen = point_weights(result.mesh, boundary_points(prepared))
         uncertainty = shape_posterior(result.mesh, result.pose, shapes, modes, [], seen).uncertainty_mm()
-        return result.mesh, result.pose.scale, result.pose.to_dict(), uncertainty
+        return PriorFit(result.mesh, result.pose.scale, result.pose.to_dict(), uncertainty)
     decoder, space = (model.decoder, model.space) if bundle.kind == "dissm" else model
     rotation = np.array(bundle.metadata.get("agent", {}).get("mean_rotation", np.eye(3)), dtype=np.float64)
     state, latent, _ = fit_mask_implicit(decoder, space, prepared, rotation, settings.implicit, progress, should_stop)
     pose = state_record("pose + shape", state)
-    return implicit_mesh(decoder, latent, state), float(state.mm_per_unit()[0]), pose, None
+    return PriorFit(implicit_mesh(decoder, latent, state), float(state.mm_per_unit()[0]), pose)
 
 
 def _size_warning(bundle: ModelBundle, scale: float, source: str) -> str | None:
@@ -116,8 +136,9 @@ def refine_mask(
     began = time.perf_counter()
     source = str(source)
     bundle = load_bundle(model)
-    if bundle.kind not in MESH_KINDS + IMPLICIT_KINDS:
-        raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf or dissm model)")
+    if bundle.kind not in MESH_KINDS + IMPLICIT_KINDS + TEMPLATE_KINDS:
+        raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf, dissm or "
+                                      "template model)")
     voxel = float(min(mask.GetSpacing()))
     trust = TRUST_VOXELS[bundle.kind] if settings.trust_voxels is None else settings.trust_voxels
     full = mask
@@ -129,7 +150,10 @@ def refine_mask(
         if progress is not None:
             progress(0.9 * fraction, stage)
 
-    prior, scale, pose, uncertainty = _fit_prior(bundle, prepared, settings, fit_progress, should_stop)
+    fit = _fit_prior(bundle, prepared, settings, source, fit_progress, should_stop)
+    prior = fit.mesh
+    if len(prior.faces) == 0:
+        raise InputError(source, "the model found no surface for this mask (is this the model's organ?)")
     if prior.volume < 0:
         prior.invert()
     if progress is not None:
@@ -138,8 +162,8 @@ def refine_mask(
     if len(refined.faces) == 0:
         raise InputError(source, "the refined shape is empty (is this the model's organ?)")
     distances = _distances_to_mask(refined, prepared, full)
-    warnings = list(prepared.warnings) + [w for w in [_size_warning(bundle, scale, source)] if w]
-    report = _report(bundle, prepared, refined, segmentation, distances, voxel, pose, source, warnings)
+    warnings = list(prepared.warnings) + [w for w in [_size_warning(bundle, fit.mm_per_unit, source)] if w]
+    report = _report(bundle, prepared, refined, segmentation, distances, voxel, fit.pose, source, warnings)
     segmentation = sitk.Paste(sitk.Image(full.GetSize(), sitk.sitkUInt8), segmentation, segmentation.GetSize(),
                               [0, 0, 0], offset)
     segmentation.CopyInformation(full)
@@ -147,8 +171,10 @@ def refine_mask(
     if progress is not None:
         progress(1.0, "done")
     vertex_data = {DISTANCE_ARRAY: distances}
-    if uncertainty is not None:  # the prior's, at each refined vertex's nearest prior vertex
-        vertex_data[UNCERTAINTY_ARRAY] = uncertainty[cKDTree(prior.vertices).query(refined.vertices)[1]]
+    if fit.uncertainty is not None:  # the prior's, at each refined vertex's nearest prior vertex
+        vertex_data[UNCERTAINTY_ARRAY] = fit.uncertainty[cKDTree(prior.vertices).query(refined.vertices)[1]]
+    if fit.template is not None:
+        vertex_data[TEMPLATE_ARRAY] = fit.template.template_coordinates(np.asarray(refined.vertices))
     return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data=vertex_data,
                    summary=_summary(report), detail=prior)
 

@@ -19,6 +19,7 @@ BUILDERS = {
     "sdf": ("shapeprior.models.sdf", "decoder_from_bundle"),  # (decoder, PCA shape space)
     "dissm": ("shapeprior.models.dissm", "DISSMModel.from_bundle"),  # DISSMModel
     "unet": ("shapeprior.models.unet", "unet_from_bundle"),  # MONAI UNet
+    "template": ("shapeprior.models.template", "TemplateModel.from_bundle"),  # TemplateModel
 }
 
 

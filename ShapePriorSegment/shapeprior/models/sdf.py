@@ -14,7 +14,7 @@ import trimesh
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ..geometry.level_set import level_set_mesh
+from ..geometry.level_set import field_grid, field_mesh
 from .bundle import ModelBundle
 
 
@@ -110,43 +110,13 @@ def decoder_from_bundle(bundle: ModelBundle) -> tuple[SDFDecoder, ShapeSpace]:
     return decoder, space
 
 
-@torch.no_grad()
-def evaluate_grid(
-    decoder: SDFDecoder, latent: torch.Tensor, resolution: int = 96, radius: float = 1.05, band_cells: float = 2.0,
-    chunk: int = 65536,
-) -> tuple[np.ndarray, float]:
-    """SDF on a ``resolution``^3 grid over [-radius, radius]^3, evaluated coarse to fine.
-
-    The decoder runs on a grid 4x coarser first; fine points are decoded only where the
-    coarse value is within ``band_cells`` coarse cells of zero, elsewhere the coarse
-    field is interpolated (its sign is all marching cubes needs there).
-
-    Returns ``(values (R, R, R) float32, spacing)`` with grid index i at ``-radius + i * spacing``.
-    """
-
-    def decode(points: torch.Tensor) -> torch.Tensor:
-        return torch.cat([decoder(p, latent) for p in points.split(chunk)]) if len(points) else points[:, 0]
-
-    coarse_res = max(8, resolution // 4)
-    axis = torch.linspace(-radius, radius, coarse_res)
-    coarse = decode(torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
-    coarse = coarse.reshape(1, 1, coarse_res, coarse_res, coarse_res)
-    fine = torch.nn.functional.interpolate(coarse, size=(resolution,) * 3, mode="trilinear", align_corners=True)[0, 0]
-    coarse_cell = 2 * radius / (coarse_res - 1)
-    near = fine.abs() < band_cells * coarse_cell
-    index = near.nonzero()
-    spacing = 2 * radius / (resolution - 1)
-    fine[near] = decode(-radius + index.float() * spacing)
-    return fine.numpy(), spacing
+def evaluate_grid(decoder: SDFDecoder, latent: torch.Tensor, resolution: int = 96, radius: float = 1.05,
+                  band_cells: float = 2.0) -> tuple[np.ndarray, float]:
+    """The decoded SDF of ``latent`` on a grid: :func:`~shapeprior.geometry.level_set.field_grid`."""
+    return field_grid(lambda points: decoder(points, latent), resolution, radius, band_cells)
 
 
-def extract_mesh(
-    decoder: SDFDecoder, latent: torch.Tensor, resolution: int = 96, radius: float = 1.05
-) -> trimesh.Trimesh:
+def extract_mesh(decoder: SDFDecoder, latent: torch.Tensor, resolution: int = 96, radius: float = 1.05
+                 ) -> trimesh.Trimesh:
     """Zero level set of the decoded SDF (unit-sphere coordinates); empty mesh if there is none."""
-    values, spacing = evaluate_grid(decoder, latent, resolution, radius)
-    # values[a, b, c] is at (a, b, c) * spacing - radius: array axes are x, y, z.
-    to_unit = np.zeros((4, 4))
-    to_unit[[0, 1, 2], [2, 1, 0]] = spacing
-    to_unit[:3, 3] = -radius
-    return level_set_mesh(values, 0.0, to_unit)
+    return field_mesh(lambda points: decoder(points, latent), resolution, radius)

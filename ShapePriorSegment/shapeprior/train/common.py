@@ -36,6 +36,17 @@ def size_metadata(manifest: dict, names: list[str]) -> dict:
             "anchor": manifest["anchor"]}
 
 
+def implicit_metadata(organ: str, manifest: dict, names: list[str], config: dict) -> dict:
+    """The metadata every implicit (signed-distance) model starts with."""
+    return {
+        "organ": organ,
+        "units": "mm",
+        "frame": "unit sphere of the anchor-aligned training shapes; SDF in unit-sphere units, negative inside",
+        "normalisation": size_metadata(manifest, names),
+        "config": config,
+    }
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one step: a run repeats on any device and resumes without saved RNG state."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..models.bundle import save_bundle
 from ..models.sdf import SDFConfig, SDFDecoder, ShapeSpace
 from ..prep.dataset import select_shapes, split_names
-from .common import Run, read_manifest, size_metadata
+from .common import Run, implicit_metadata, read_manifest
 from .settings import SDFTrainSettings
 
 
@@ -74,11 +74,7 @@ def train_sdf(
 
     space = ShapeSpace.fit(latents.detach().cpu(), settings.pca_variance)
     metadata = {
-        "organ": settings.organ,
-        "units": "mm",
-        "frame": "unit sphere of the anchor-aligned training shapes; SDF in unit-sphere units, negative inside",
-        "normalisation": size_metadata(manifest, names),
-        "config": config.to_dict(),
+        **implicit_metadata(settings.organ, manifest, names, config.to_dict()),
         "pca": {"components": int(space.basis.shape[0]), "explained_variance": space.explained,
                 "requested_variance": settings.pca_variance},
         "training": {

@@ -97,3 +97,32 @@ class UNetTrainSettings:
     batch: int = option(4, "images per step")
     lr: float = option(1e-3, "learning rate (cosine decay)")
     seed: int = option(0, SEED_HELP, (0, 2**31 - 1))
+
+
+@dataclass
+class TemplateTrainSettings:
+    """Settings of ``shapeprior train-template`` (ISMM / ReShapeIT; sizes in the model card)."""
+
+    include: list[str] = option(["*"], "shape-name pattern to use (repeatable; default all)")
+    holdout_every: int = option(5, HOLDOUT_HELP)
+    organ: str = option("organ", "organ name stored in the model")
+    alpha_dim: int = option(32, "length of each shape's code fed to the deformation field with the point")
+    beta_dim: int = option(32, "length of each shape's code from which the hypernetwork makes the deformation field")
+    codes: str = option("both", "codes a shape has (ablations: alpha, beta, none)", choices=("both", "alpha", "beta", "none"))
+    template_width: int = option(128, "width of the template field's hidden layers")
+    template_layers: int = option(3, "hidden layers of the template field")
+    deform_width: int = option(64, "width of the deformation field's hidden layers")
+    deform_layers: int = option(3, "hidden layers of the deformation field")
+    hyper_width: int = option(64, "width of the hypernetwork's hidden layers")
+    valid_template: bool = option(True, "ReShapeIT's constraint: the template's own codes leave its surface in place")
+    steps: int = option(3000, "training steps")
+    batch: int = option(8, "shapes per step")
+    surface_points: int = option(256, "surface points (with normals) per shape and step")
+    sdf_points: int = option(256, "points with a known signed distance per shape and step")
+    free_points: int = option(128, "uniform points per shape and step (pushed off the zero level)")
+    lr: float = option(1e-4, "learning rate of the networks (halved at each quarter of the steps)")
+    code_lr: float = option(1e-3, "learning rate of the codes (halved with the networks')")
+    template_every: int = option(100, "steps between re-extractions of the template surface (valid-template term)")
+    subregions: str = option("", "sub-regions to carry onto the template from the labels of the source masks, "
+                             "e.g. 1:anterior,2:posterior (empty: none)")
+    seed: int = option(0, SEED_HELP, (0, 2**31 - 1))

@@ -1,0 +1,186 @@
+"""The implicit template model (ISMM / ReShapeIT): networks, bundle, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from shapeprior.cli import main
+from shapeprior.models.bundle import load_bundle
+from shapeprior.models.registry import build_model
+from shapeprior.models.template import (
+    HyperSiren,
+    Siren,
+    TemplateConfig,
+    TemplateModel,
+    siren_bound,
+)
+
+SMALL = TemplateConfig(alpha_dim=4, beta_dim=4, template_width=16, template_layers=2, deform_width=8, deform_layers=2,
+                       hyper_width=8)
+TINY = ["--organ", "blob", "--alpha-dim", "4", "--beta-dim", "4", "--template-width", "32", "--template-layers", "2",
+        "--deform-width", "16", "--deform-layers", "2", "--hyper-width", "16", "--batch", "4", "--surface-points", "64",
+        "--sdf-points", "64", "--free-points", "32", "--lr", "1e-3", "--template-every", "10"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_siren_starts_at_zero_with_siren_initialisation():
+    torch.manual_seed(0)
+    siren = Siren(3, 32, 3, 1, 30.0)
+    assert siren(torch.randn(10, 3)).abs().max() == 0  # the last layer starts at zero
+    first, second = siren.hidden[0].weight, siren.hidden[1].weight
+    assert first.abs().max() <= 1 / 3 and second.abs().max() <= siren_bound(1, 32, 30.0)
+    assert second.abs().max() > 0.8 * siren_bound(1, 32, 30.0)  # uniform over the whole range
+
+
+def test_hypernetwork_starts_as_the_identity_and_batches_shapes_independently():
+    torch.manual_seed(0)
+    hyper = HyperSiren(3 + 4, 8, 2, 4, code_dim=4, hyper_width=8, omega=30.0)
+    points, codes = torch.randn(3, 20, 7), 0.01 * torch.randn(3, 4)
+    out = hyper(points, codes)
+    assert out.shape == (3, 20, 4) and out.abs().max() < 1e-2  # near-identity deformation for small codes
+    with torch.no_grad():
+        hyper.head.weight.mul_(1000)  # make the codes matter
+    batched = hyper(points, codes)
+    one_by_one = torch.cat([hyper(points[i:i + 1], codes[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, one_by_one)
+    assert (batched[0] - hyper(points[:1], codes[1:2])[0]).abs().max() > 1e-3  # each shape its own field
+
+
+def test_model_sdf_is_the_template_at_the_deformed_point_plus_the_correction():
+    torch.manual_seed(0)
+    model = TemplateModel(SMALL)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    points, alpha, beta = torch.randn(2, 15, 3), torch.randn(2, 4), torch.randn(2, 4)
+    moved, correction = model.deformation(points, alpha, beta)
+    expected = model.template_sdf(points + moved) + correction
+    torch.testing.assert_close(model(points, alpha, beta), expected)
+    assert moved.shape == (2, 15, 3) and correction.shape == (2, 15)
+
+
+@pytest.fixture(scope="module")
+def trained(image_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("template") / "template.pt"
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *TINY, "--steps", "60",
+                 "--subregions", "1:right,2:left"]) == 0
+    return out
+
+
+def test_training_writes_a_loadable_bundle_and_lowers_the_loss(trained):
+    bundle = load_bundle(trained, kind="template")
+    assert bundle.kind == "template" and bundle.organ == "blob"
+    training = bundle.metadata["training"]
+    assert len(training["shapes"]) == 8 and len(training["held_out"]) == 2  # every 5th of 10 held out
+    model = build_model(bundle)
+    assert isinstance(model, TemplateModel) and not any(p.requires_grad for p in model.parameters())
+    assert model.alphas.shape == (8, 4) and model.betas.shape == (8, 4) and model.template_alpha.shape == (4,)
+    ckpt = torch.load(str(trained) + ".ckpt", weights_only=True)
+    logged = [h["sdf"] for h in ckpt["history"]]
+    assert len(logged) == 1 or logged[-1] < logged[0]
+    assert "valid_template" in ckpt["history"][-1]  # the template has a surface by then
+    # The first training shape's zero level is near its own surface samples.
+    with torch.no_grad():
+        sdf = model(torch.zeros(1, 1, 3), model.alphas[:1], model.betas[:1])
+    assert sdf.item() < 0  # the centre of an ellipsoid organ is inside
+
+
+def test_training_resumes_and_ablations_hold_their_codes_at_zero(image_dataset, trained, tmp_path):
+    before = trained.stat().st_mtime_ns
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(trained), *TINY, "--steps", "60",
+                 "--subregions", "1:right,2:left"]) == 0
+    assert load_bundle(trained).metadata["training"]["shapes"]  # rewritten from the finished checkpoint
+    assert trained.stat().st_mtime_ns >= before
+    out = tmp_path / "no-codes.pt"
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *TINY, "--steps", "4",
+                 "--codes", "none", "--no-valid-template"]) == 0
+    model = build_model(load_bundle(out))
+    assert model.alphas.abs().max() == 0 and model.betas.abs().max() == 0
+
+
+def test_cpd_alignment_recovers_a_similarity_and_ranks_a_leak_last(helpers):
+    from shapeprior.fit.mask_template import align_to_template
+    from shapeprior.transform import Similarity
+
+    rng = np.random.default_rng(0)
+    template = helpers.ellipsoid_mesh((0.9, 0.6, 0.5), subdivisions=3)
+    template_points = trimesh.sample.sample_surface(template, 600, seed=1)[0]
+    truth = Similarity(0.04, helpers.rotation(12.0, (1.0, 2.0, -1.0)), [0.3, -0.2, 0.1])  # LPS mm -> unit
+    case = truth.inverse().apply(trimesh.sample.sample_surface(template, 500, seed=2)[0])
+    leak = case[rng.choice(len(case), 60)] + [0.0, 0.0, 12.0]  # a patch pushed 12 mm out of the surface
+    to_unit, match = align_to_template(np.vstack([case, leak]), template_points, "case")
+    assert to_unit.scale == pytest.approx(truth.scale, rel=0.05)
+    error = np.linalg.norm(to_unit.apply(case) - truth.apply(case), axis=1)  # unit radius: 1
+    # CPD's Gaussians (final sigma about 0.04 here) leave a few hundredths of the unit radius.
+    assert np.median(error) < 0.06 and error.max() < 0.1
+    assert np.median(match[500:]) < np.quantile(match[:500], 0.1)  # the leak matches worst
+
+
+def test_refine_mask_with_a_template_model_maps_the_surface_to_the_template(image_dataset, trained, tmp_path):
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    mask = min((image_dataset["root"] / "labels").iterdir())
+    out, report = tmp_path / "refined.vtk", tmp_path / "refined.json"
+    assert main(["-q", "refine-mask", str(mask), "--label", "1,2", "--model", str(trained), "--out-model", str(out),
+                 "--report", str(report), "--keep-share", "0.5"]) == 0
+    result = json.loads(report.read_text())
+    assert result["route"] == "template" and result["pose"]["kept_share"] == pytest.approx(0.5, abs=0.01)
+    reader = vtk.vtkPolyDataReader()
+    reader.SetFileName(str(out))
+    reader.Update()
+    coordinates = vtk_to_numpy(reader.GetOutput().GetPointData().GetArray("TemplateCoordinates"))
+    assert coordinates.shape == (reader.GetOutput().GetNumberOfPoints(), 3)
+    assert np.abs(coordinates).max() < 2.0  # in the model's unit sphere, not mm
+    assert result["dice_with_mask"] > 0.8  # the fusion keeps the (clean) mask where the prior agrees
+
+
+def test_template_only_options_and_kinds_are_checked(image_dataset, trained, tiny_model, tmp_path, capsys):
+    mask = min((image_dataset["root"] / "labels").iterdir())
+    assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(tiny_model), "--keep-share", "0.5",
+                 "--report", str(tmp_path / "r.json")]) == 2
+    assert "--keep-share only applies to template models" in capsys.readouterr().err
+    curves = Path(__file__).parents[2] / "Resources" / "SampleData" / "liver-contours.mrk.json"
+    assert main(["fit-contours", str(curves), "--model", str(trained), "--report", str(tmp_path / "r.json")]) == 2
+    assert "template" in capsys.readouterr().err
+
+
+def test_subregions_voted_onto_the_template_come_back_on_a_training_case(image_dataset, trained):
+    import SimpleITK as sitk
+    from shapeprior.fit.correspondence import transfer_labels
+    from shapeprior.metrics import dice
+    from shapeprior.transform import Similarity
+
+    bundle = load_bundle(trained)
+    assert bundle.metadata["subregions"] == {"1": "right", "2": "left"}
+    grid = bundle.tensors["labels.grid"].numpy()
+    assert grid.shape == (48, 48, 48) and set(np.unique(grid)) == {1, 2}
+    model = build_model(bundle)
+    manifest = json.loads((image_dataset["data"] / "manifest.json").read_text())
+    name = bundle.metadata["training"]["shapes"][0]
+    entry = manifest["shapes"][name]
+    truth = sitk.ReadImage(entry["source"])
+    to_unit = Similarity.from_dict(entry["to_unit"])
+
+    def to_template(points):
+        unit = torch.tensor(to_unit.apply(points), dtype=torch.float32)
+        return model.to_template(unit, model.alphas[0], model.betas[0]).double().numpy()
+
+    whole = sitk.Cast(truth > 0, sitk.sitkUInt8)
+    labels = sitk.GetArrayFromImage(transfer_labels(whole, to_template, grid))
+    expected = sitk.GetArrayFromImage(truth)
+    assert ((labels > 0) == (expected > 0)).all()  # labels exactly where the segmentation is
+    for value in (1, 2):
+        assert dice(labels == value, expected == value) > 0.8
+
+
+def test_bad_subregions_fail_before_training(image_dataset, tmp_path, capsys):
+    out = tmp_path / "t.pt"
+    assert main(["train-template", str(image_dataset["data"]), str(out), *TINY, "--subregions", "anterior"]) == 2
+    assert "--subregions: expected LABEL:NAME pairs" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "t.pt.ckpt").exists()
