@@ -184,3 +184,30 @@ def test_bad_subregions_fail_before_training(image_dataset, tmp_path, capsys):
     assert main(["train-template", str(image_dataset["data"]), str(out), *TINY, "--subregions", "anterior"]) == 2
     assert "--subregions: expected LABEL:NAME pairs" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "t.pt.ckpt").exists()
+
+
+def test_refine_mask_writes_the_template_subregions(image_dataset, trained, tmp_path):
+    import SimpleITK as sitk
+
+    mask = min((image_dataset["root"] / "labels").iterdir())  # case_00: held out (every 5th from the first)
+    seg, labels = tmp_path / "seg.nii.gz", tmp_path / "labels.seg.nrrd"
+    assert main(["-q", "refine-mask", str(mask), "--label", "1,2", "--model", str(trained), "--out-seg", str(seg),
+                 "--out-labels", str(labels)]) == 0
+    segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(seg)))
+    image = sitk.ReadImage(str(labels))
+    regions = sitk.GetArrayFromImage(image)
+    assert ((regions > 0) == (segmentation > 0)).all() and set(np.unique(regions)) == {0, 1, 2}
+    names = {image.GetMetaData(f"Segment{i}_Name") for i in range(2)}
+    assert names == {"blob right", "blob left"}
+
+
+def test_out_labels_needs_a_template_model_with_subregions(image_dataset, tiny_model, tmp_path, capsys):
+    mask = min((image_dataset["root"] / "labels").iterdir())
+    out = tmp_path / "labels.nii.gz"
+    assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(tiny_model), "--out-labels", str(out)]) == 2
+    assert "--out-labels only applies to template models" in capsys.readouterr().err
+    plain = tmp_path / "plain.pt"
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(plain), *TINY, "--steps", "2"]) == 0
+    assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(plain), "--out-labels", str(out)]) == 2
+    assert "has no sub-regions to transfer" in capsys.readouterr().err
+    assert not out.exists()

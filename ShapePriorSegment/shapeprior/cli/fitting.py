@@ -112,7 +112,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_outputs(p, {"--out-model": "refined surface, LPS mm, with the point array DistanceToMaskBoundary_mm "
                     "(.vtk/.vtp keep it; .stl/.ply/.obj)", "--out-seg": "segmentation on the mask's grid (.nii.gz, "
                     ".nrrd or .seg.nrrd)", "--report": "JSON report: pose, disagreement with the mask, volumes, time, "
-                    "warnings", "--out-scene": SCENE_OUTPUT + ": image (--image), model, segmentation"})
+                    "warnings", "--out-scene": SCENE_OUTPUT + ": image (--image), model, segmentation",
+                    "--out-labels": "template models trained with sub-regions: the sub-regions carried from the "
+                    "template onto the segmentation (.nii.gz, .nrrd or .seg.nrrd)"})
     p.set_defaults(run=run_refine_mask)
 
     p = sub.add_parser(
@@ -252,7 +254,7 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     check_input(args.input)
     kind = read_header(args.model).kind
     for only_kind, name, flags in (("dals", "DALS", given(args, "lambda_dir", "global_only")),
-                                   ("template", "template", given(args, "keep_share"))):
+                                   ("template", "template", given(args, "keep_share", "out_labels"))):
         if kind != only_kind and flags:
             verb = "applies" if len(flags) == 1 else "apply"
             raise InputError(None, f"{' and '.join(flags)} only {verb} to {name} models; "
@@ -270,7 +272,7 @@ def run_refine_mask(args: argparse.Namespace) -> int:
                        implicit=replace(base.implicit, seed=dals.seed),
                        template=replace(settings_from(args, TemplateMaskSettings, base.template), seed=dals.seed))
     return fit_and_write(args, lambda progress: refine_mask(mask, args.model, args.input, args.all_parts, settings,
-                                                            progress=progress),
+                                                            progress=progress, subregions=bool(args.out_labels)),
                          volume_path=args.image)
 
 

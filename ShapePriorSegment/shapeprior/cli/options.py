@@ -145,7 +145,7 @@ def has_slicer_core() -> bool:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """At least one output, each with a known extension, writable, and new unless ``--overwrite``."""
-    outputs = {name: getattr(args, name, None) for name in ("out_model", "out_seg", "report", "out_scene")}
+    outputs = {name: getattr(args, name, None) for name in ("out_model", "out_seg", "report", "out_scene", "out_labels")}
     paths = [p for p in outputs.values() if p]
     if not paths:
         raise InputError(None, "nothing to write: give --out-model, --out-seg, --report and/or --out-scene")
@@ -154,9 +154,9 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise InputError(path, "is a directory; give a file name")
     if outputs["out_model"] and not outputs["out_model"].lower().endswith(MESH_SUFFIXES):
         raise InputError(outputs["out_model"], f"unsupported mesh format (expected one of {', '.join(MESH_SUFFIXES)})")
-    if outputs["out_seg"] and not outputs["out_seg"].lower().endswith(LABELMAP_SUFFIXES):
-        raise InputError(outputs["out_seg"], "unsupported labelmap format (expected .nii.gz, .nii, .nrrd, .seg.nrrd "
-                         "or .mha)")
+    for labelmap in (outputs["out_seg"], outputs["out_labels"]):
+        if labelmap and not labelmap.lower().endswith(LABELMAP_SUFFIXES):
+            raise InputError(labelmap, "unsupported labelmap format (expected .nii.gz, .nii, .nrrd, .seg.nrrd or .mha)")
     if outputs["report"] and not outputs["report"].lower().endswith(".json"):
         raise InputError(outputs["report"], "a report is JSON: end it in .json")
     if outputs["out_scene"]:

@@ -70,6 +70,9 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
         write_mesh(outcome.mesh, args.out_model, point_data=outcome.vertex_data or None)
     if args.out_seg:
         write_labelmap(labelmap, args.out_seg, name=outcome.organ)
+    if getattr(args, "out_labels", None):
+        names = {int(k): v for k, v in outcome.report["subregions"].items()}
+        write_labelmap(outcome.subregions, args.out_labels, name=outcome.organ, names=names)
     if args.report:
         write_json(outcome.report, args.report)
     for warning in outcome.warnings:

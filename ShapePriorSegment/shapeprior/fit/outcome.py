@@ -22,6 +22,8 @@ class Outcome:
     - ``vertex_data``: per-vertex arrays (V,) by name, in mm; the first one colours the model.
     - ``curves``: the drawn curves (N_i, 3), LPS mm, to show beside the result.
     - ``summary``: one or more lines for a person (the command line prints them).
+    - ``subregions``: uint8 sub-region labels on ``labelmap``'s grid (template models), or None;
+      ``report["subregions"]`` names the values.
     - ``detail``: the method's own result (e.g. the DALS ``FitResult``) for benchmarks and tests.
     """
 
@@ -32,6 +34,7 @@ class Outcome:
     vertex_data: dict[str, np.ndarray] = field(default_factory=dict)
     curves: list[np.ndarray] = field(default_factory=list)
     summary: str = ""
+    subregions: sitk.Image | None = None
     detail: Any = None
 
     @property

@@ -39,6 +39,7 @@ from .image_fit import state_record
 from .mask_dals import MaskTask
 from .mask_fusion import fuse_with_mask
 from .mask_implicit import fit_mask_implicit, implicit_mesh
+from .correspondence import transfer_labels
 from .mask_template import TemplateFit, fit_template_to_mask
 from .outcome import Outcome
 from .uncertainty import UNCERTAINTY_ARRAY, point_weights, shape_posterior, training_model
@@ -126,19 +127,23 @@ def _size_warning(bundle: ModelBundle, scale: float, source: str) -> str | None:
 def refine_mask(
     mask: sitk.Image, model: str | os.PathLike, source: str | os.PathLike = "mask", all_parts: bool = False,
     settings: RefineSettings = RefineSettings(), progress: Callable[[float, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, subregions: bool = False,
 ) -> Outcome:
     """Refine a binary mask (uint8 image, any grid) with ``model``; see the module doc.
 
     The outcome's segmentation is on the mask's grid; its vertices carry their signed distance to
     the mask boundary (``DISTANCE_ARRAY``, mm, + outside, NaN outside the image); ``detail`` is the
-    model's fit before the fusion (LPS mm)."""
+    model's fit before the fusion (LPS mm). ``subregions``: carry the template's sub-regions onto the
+    segmentation (a template model trained with them)."""
     began = time.perf_counter()
     source = str(source)
     bundle = load_bundle(model)
     if bundle.kind not in MESH_KINDS + IMPLICIT_KINDS + TEMPLATE_KINDS:
         raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf, dissm or "
                                       "template model)")
+    if subregions and "labels.grid" not in bundle.tensors:
+        raise InputError(bundle.path, "has no sub-regions to transfer (a template model trained with --subregions "
+                                      f"is needed; this is a {bundle.kind!r} model)")
     voxel = float(min(mask.GetSpacing()))
     trust = TRUST_VOXELS[bundle.kind] if settings.trust_voxels is None else settings.trust_voxels
     full = mask
@@ -175,8 +180,13 @@ def refine_mask(
         vertex_data[UNCERTAINTY_ARRAY] = fit.uncertainty[cKDTree(prior.vertices).query(refined.vertices)[1]]
     if fit.template is not None:
         vertex_data[TEMPLATE_ARRAY] = fit.template.template_coordinates(np.asarray(refined.vertices))
+    regions = None
+    if subregions:
+        grid = bundle.tensors["labels.grid"].numpy()
+        regions = transfer_labels(segmentation, fit.template.template_coordinates, grid)
+        report["subregions"] = bundle.metadata["subregions"]
     return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data=vertex_data,
-                   summary=_summary(report), detail=prior)
+                   summary=_summary(report), subregions=regions, detail=prior)
 
 
 def _summary(report: dict) -> str:

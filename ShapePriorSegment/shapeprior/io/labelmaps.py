@@ -88,14 +88,17 @@ def mesh_to_labelmap(mesh: trimesh.Trimesh, reference: sitk.Image, label: int = 
     return image
 
 
-def write_labelmap(image: sitk.Image, path: str | os.PathLike, name: str = "segment") -> None:
-    """Write a labelmap atomically; ``.seg.nrrd`` gets Slicer segmentation metadata."""
+def write_labelmap(image: sitk.Image, path: str | os.PathLike, name: str = "segment",
+                   names: dict[int, str] | None = None) -> None:
+    """Write a labelmap atomically; ``.seg.nrrd`` gets Slicer segmentation metadata (segment names:
+    ``name``, or ``name value`` with several labels, or ``name names[value]``)."""
     if str(path).lower().endswith(".seg.nrrd"):
         image = sitk.Image(image)
         labels = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(image)) if v] or [1]
         for i, value in enumerate(labels):
             image.SetMetaData(f"Segment{i}_ID", f"{name}_{value}" if len(labels) > 1 else name)
-            image.SetMetaData(f"Segment{i}_Name", name if len(labels) == 1 else f"{name} {value}")
+            label = (names or {}).get(value, value)
+            image.SetMetaData(f"Segment{i}_Name", name if len(labels) == 1 and not names else f"{name} {label}")
             image.SetMetaData(f"Segment{i}_LabelValue", str(value))
             image.SetMetaData(f"Segment{i}_Layer", "0")
             image.SetMetaData(f"Segment{i}_Color", "0.87 0.55 0.39")
