@@ -211,3 +211,39 @@ def test_out_labels_needs_a_template_model_with_subregions(image_dataset, tiny_m
     assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(plain), "--out-labels", str(out)]) == 2
     assert "has no sub-regions to transfer" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_correspond_pairs_two_refined_cases_through_the_template(image_dataset, trained, tmp_path, capsys):
+    masks = sorted((image_dataset["root"] / "labels").iterdir())[:2]
+    models = [tmp_path / "a.vtk", tmp_path / "b.vtk"]
+    for mask, model in zip(masks, models):
+        assert main(["-q", "refine-mask", str(mask), "--label", "1,2", "--model", str(trained),
+                     "--out-model", str(model)]) == 0
+    out = tmp_path / "pairs.csv"
+    assert main(["correspond", str(models[0]), str(models[1]), "--out", str(out)]) == 0
+    assert "paired with" in capsys.readouterr().out
+    rows = np.loadtxt(out, delimiter=",", skiprows=1)
+    a = read_mesh_points(models[0])
+    assert rows.shape == (len(a), 9) and (rows[:, 0] == np.arange(len(a))).all()
+    np.testing.assert_allclose(rows[:, 3:6], a, atol=1e-3)  # A's points, LPS mm
+    # Self-correspondence is the identity.
+    assert main(["correspond", str(models[0]), str(models[0]), "--out", str(out), "--overwrite"]) == 0
+    rows = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert (rows[:, 0] == rows[:, 1]).all() and rows[:, 2].max() == 0
+
+
+def read_mesh_points(path):
+    from shapeprior.io.meshes import read_point_array
+
+    return read_point_array(path, "TemplateCoordinates", "test")[0]
+
+
+def test_correspond_refuses_surfaces_without_template_coordinates(tmp_path, helpers, capsys):
+    from shapeprior.io import write_mesh
+
+    plain = tmp_path / "plain.vtk"
+    write_mesh(helpers.ellipsoid_mesh((10, 8, 6), subdivisions=2), plain)
+    assert main(["correspond", str(plain), str(plain), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "has no point array TemplateCoordinates" in capsys.readouterr().err
+    assert main(["correspond", str(plain), str(plain), "--out", str(tmp_path / "p.txt")]) == 2
+    assert not (tmp_path / "p.csv").exists()

@@ -93,6 +93,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_fit_image)
 
     p = sub.add_parser(
+        "correspond", help="point-to-point correspondences of two cases refined with the same template model",
+        description="Pairs each point of surface A with the point of surface B nearest in template coordinates "
+        "(the TemplateCoordinates array that refine-mask --out-model writes with a template model): the same "
+        "anatomical place on two patients. Writes a CSV table (indices, template distance, LPS mm of both).",
+    )
+    p.add_argument("a", help="surface A (.vtk/.vtp from refine-mask --out-model with a template model)")
+    p.add_argument("b", help="surface B, refined with the same model")
+    p.add_argument("--out", required=True, help="the pairs (.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(run=run_correspond)
+
+    p = sub.add_parser(
         "refine-mask", help="CNN mask -> smooth, plausible surface and segmentation with a shape prior",
         description="Fit a shape model robustly to a mask (largest part; leaks, holes and cut-off parts barely "
         "pull), then fuse it with the mask: the mask where both agree, the prior where they do not. A DALS model "
@@ -242,6 +254,32 @@ def run_fit_image(args: argparse.Namespace) -> int:
     return fit_and_write(args, lambda progress: fit_image(image, args.model, stages, args.steps, source=args.input,
                                                           progress=progress),
                          volume_path=args.input)
+
+
+def run_correspond(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..fit.correspondence import corresponding_points
+    from ..fit.refine_mask import TEMPLATE_ARRAY
+    from ..io import atomic_output
+    from ..io.meshes import read_point_array
+
+    if not args.out.lower().endswith(".csv"):
+        raise InputError(args.out, "the pairs are a table: end it in .csv")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise InputError(args.out, "exists; pass --overwrite to replace it")
+    what = "written by refine-mask --out-model with a template model"
+    points_a, template_a = read_point_array(args.a, TEMPLATE_ARRAY, what)
+    points_b, template_b = read_point_array(args.b, TEMPLATE_ARRAY, what)
+    index, distance = corresponding_points(template_a, template_b)
+    rows = np.column_stack([np.arange(len(index)), index, distance, points_a, points_b[index]])
+    with atomic_output(args.out) as temporary:
+        np.savetxt(temporary, rows, delimiter=",", fmt=["%d", "%d", "%.5f"] + ["%.3f"] * 6, comments="",
+                   header="a_index,b_index,template_distance,a_L,a_P,a_S,b_L,b_P,b_S")
+    print(f"{len(index)} points of {args.a} paired with {args.b} through the template: median distance "
+          f"{np.median(distance):.4f} template units (the model's unit sphere), 95th percentile "
+          f"{np.percentile(distance, 95):.4f}")
+    return 0
 
 
 def run_refine_mask(args: argparse.Namespace) -> int:

@@ -81,6 +81,27 @@ def _read_vtk(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
+def read_point_array(path: str | os.PathLike, name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 3) LPS mm, the point array ``name`` (N,) or (N, k)) of a .vtk/.vtp surface, in the
+    file's point order (no merging); ``what`` says where such a file comes from, for the error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    if _suffix(path) not in (".vtk", ".vtp"):
+        raise InputError(path, f"needs a .vtk or .vtp surface with the point array {name} ({what})")
+    reader = vtkXMLPolyDataReader() if _suffix(path) == ".vtp" else vtkPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    array = poly.GetPointData().GetArray(name) if poly is not None else None
+    if poly is None or poly.GetNumberOfPoints() == 0 or array is None:
+        raise InputError(path, f"has no point array {name} ({what})")
+    points = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+    if _suffix(path) == ".vtk" and "SPACE=RAS" in (reader.GetHeader() or ""):
+        points = points * RAS_TO_LPS
+    return points, numpy_support.vtk_to_numpy(array).astype(np.float64)
+
+
 def read_mesh(path: str | os.PathLike, frame: str = "LPS") -> trimesh.Trimesh:
     """Read a triangle surface (OBJ, STL, PLY, OFF, VTK, VTP) in LPS millimetres.
 
