@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from ..errors import InputError
 from ..io.frames import index_to_lps
 
 LABEL_GRID = 48  # cells per axis of the template's label grid
@@ -48,6 +49,9 @@ def vote_label_grid(cases: list[tuple[Callable[[np.ndarray], np.ndarray], sitk.I
         cells = grid_cells(to_template(points), size)
         np.add.at(votes, (values, *cells.T), 1)
     voted = votes.sum(0) > 0
+    missing = [value for value in range(1, label_count + 1) if not votes[value].any()]
+    if missing:
+        raise InputError(None, f"no training voxel carries sub-region label(s) {', '.join(map(str, missing))}")
     grid = np.where(voted, votes[1:].argmax(0) + 1, 0).astype(np.uint8)
     # Cells no voxel reached: the label of the nearest voted cell.
     nearest = ndimage.distance_transform_edt(~voted, return_distances=False, return_indices=True)

@@ -64,12 +64,12 @@ def mask_surface(prepared: PreparedMask) -> trimesh.Trimesh:
     return level_set_mesh(prepared.sdf_mm, 0.0, index_to_physical(prepared.mask))
 
 
-def template_points(model: TemplateModel, count: int, seed: int) -> np.ndarray:
+def template_points(model: TemplateModel, count: int, seed: int, source: str) -> np.ndarray:
     """(count, 3) points on the template's surface, model unit sphere."""
     with torch.no_grad():
         mesh = field_mesh(model.template_sdf, 64)
     if len(mesh.faces) == 0:
-        raise InputError(None, "the template model has no template surface (untrained model?)")
+        raise InputError(source, "the template model has no template surface (untrained model?)")
     return trimesh.sample.sample_surface(mesh, count, seed=seed)[0]
 
 
@@ -103,7 +103,7 @@ def fit_template_to_mask(model: TemplateModel, prepared: PreparedMask, settings:
         raise InputError(source, "the mask has no surface to fit")
     points, faces = trimesh.sample.sample_surface(surface, settings.points, seed=settings.seed)
     normals = surface.face_normals[faces]
-    to_unit, match = align_to_template(points, template_points(model, settings.points, settings.seed), source)
+    to_unit, match = align_to_template(points, template_points(model, settings.points, settings.seed, source), source)
     kept = match >= np.quantile(match, 1.0 - settings.keep_share)
     trust = torch.tensor(np.where(kept, 1.0, settings.outlier_weight), dtype=torch.float32)[None]
     unit = to_unit.apply(points)
@@ -111,9 +111,11 @@ def fit_template_to_mask(model: TemplateModel, prepared: PreparedMask, settings:
     surface_t = torch.tensor(np.hstack([unit, unit_normals]), dtype=torch.float32)[None]
 
     fitted = copy.deepcopy(model) if settings.tune_hypernetwork else model
-    alpha = torch.nn.Parameter(model.alphas.mean(0).clone())
-    beta = torch.nn.Parameter(model.betas.mean(0).clone())
-    groups = [{"params": [alpha, beta], "lr": settings.lr}]
+    # A model trained without a code (an ablation) only knows it at zero: it stays there.
+    codes = model.config.codes
+    alpha = torch.nn.Parameter(model.alphas.mean(0).clone(), requires_grad=codes in ("both", "alpha"))
+    beta = torch.nn.Parameter(model.betas.mean(0).clone(), requires_grad=codes in ("both", "beta"))
+    groups = [{"params": [c for c in (alpha, beta) if c.requires_grad], "lr": settings.lr}]
     if settings.tune_hypernetwork:
         hyper = list(fitted.deform.parameters())
         for p in hyper:

@@ -142,8 +142,8 @@ def refine_mask(
         raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf, dissm or "
                                       "template model)")
     if subregions and "labels.grid" not in bundle.tensors:
-        raise InputError(bundle.path, "has no sub-regions to transfer (a template model trained with --subregions "
-                                      f"is needed; this is a {bundle.kind!r} model)")
+        raise InputError(bundle.path, "has no sub-regions to transfer: this template model was trained without "
+                                      "--subregions")
     voxel = float(min(mask.GetSpacing()))
     trust = TRUST_VOXELS[bundle.kind] if settings.trust_voxels is None else settings.trust_voxels
     full = mask
@@ -169,24 +169,29 @@ def refine_mask(
     distances = _distances_to_mask(refined, prepared, full)
     warnings = list(prepared.warnings) + [w for w in [_size_warning(bundle, fit.mm_per_unit, source)] if w]
     report = _report(bundle, prepared, refined, segmentation, distances, voxel, fit.pose, source, warnings)
-    segmentation = sitk.Paste(sitk.Image(full.GetSize(), sitk.sitkUInt8), segmentation, segmentation.GetSize(),
-                              [0, 0, 0], offset)
-    segmentation.CopyInformation(full)
-    report["seconds"] = time.perf_counter() - began
-    if progress is not None:
-        progress(1.0, "done")
     vertex_data = {DISTANCE_ARRAY: distances}
     if fit.uncertainty is not None:  # the prior's, at each refined vertex's nearest prior vertex
         vertex_data[UNCERTAINTY_ARRAY] = fit.uncertainty[cKDTree(prior.vertices).query(refined.vertices)[1]]
     if fit.template is not None:
         vertex_data[TEMPLATE_ARRAY] = fit.template.template_coordinates(np.asarray(refined.vertices))
     regions = None
-    if subregions:
-        grid = bundle.tensors["labels.grid"].numpy()
-        regions = transfer_labels(segmentation, fit.template.template_coordinates, grid)
+    if subregions:  # on the cropped grid, before the paste: only its voxels can be inside
+        regions = _on_full_grid(transfer_labels(segmentation, fit.template.template_coordinates,
+                                                bundle.tensors["labels.grid"].numpy()), full, offset)
         report["subregions"] = bundle.metadata["subregions"]
+    segmentation = _on_full_grid(segmentation, full, offset)
+    report["seconds"] = time.perf_counter() - began
+    if progress is not None:
+        progress(1.0, "done")
     return Outcome(refined, bundle.organ, report, labelmap=segmentation, vertex_data=vertex_data,
                    summary=_summary(report), subregions=regions, detail=prior)
+
+
+def _on_full_grid(cropped: sitk.Image, full: sitk.Image, offset: list[int]) -> sitk.Image:
+    """A uint8 image on the crop pasted into zeros on the full mask's grid (``offset``: the crop's first voxel)."""
+    image = sitk.Paste(sitk.Image(full.GetSize(), sitk.sitkUInt8), cropped, cropped.GetSize(), [0, 0, 0], offset)
+    image.CopyInformation(full)
+    return image
 
 
 def _summary(report: dict) -> str:

@@ -36,6 +36,7 @@ class TemplateConfig:
     deform_layers: int = 3
     hyper_width: int = 64
     omega: float = 30.0  # SIREN's frequency factor
+    codes: str = "both"  # the codes a shape has: both, alpha, beta or none (ablations); the others stay zero
 
     def to_dict(self) -> dict:
         return dict(vars(self))

@@ -116,13 +116,14 @@ class TemplateTrainSettings:
     hyper_width: int = option(64, "width of the hypernetwork's hidden layers")
     valid_template: bool = option(True, "ReShapeIT's constraint: the template's own codes leave its surface in place")
     steps: int = option(3000, "training steps")
-    batch: int = option(8, "shapes per step")
-    surface_points: int = option(256, "surface points (with normals) per shape and step")
+    batch: int = option(8, "shapes per step", (1, 4096))
+    surface_points: int = option(256, "surface points (with normals) per shape and step", (1, 1_000_000))
     sdf_points: int = option(256, "points with a known signed distance per shape and step")
     free_points: int = option(128, "uniform points per shape and step (pushed off the zero level)")
     lr: float = option(1e-4, "learning rate of the networks (halved at each quarter of the steps)")
     code_lr: float = option(1e-3, "learning rate of the codes (halved with the networks')")
-    template_every: int = option(100, "steps between re-extractions of the template surface (valid-template term)")
+    template_every: int = option(100, "steps between re-extractions of the template surface (valid-template term)",
+                                 (1, 1_000_000))
     subregions: str = option("", "sub-regions to carry onto the template from the labels of the source masks, "
                              "e.g. 1:anterior,2:posterior (empty: none)")
     seed: int = option(0, SEED_HELP, (0, 2**31 - 1))

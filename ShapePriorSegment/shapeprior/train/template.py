@@ -54,7 +54,7 @@ def _codes(count: int, dim: int, used: bool, device: torch.device) -> torch.Tens
     """Codes N(0, 0.01^2), or zeros held fixed for an ablation without them."""
     if not used:
         return torch.zeros(count, dim, device=device)
-    return torch.nn.Parameter(0.01 * torch.randn(count, dim, device=device))
+    return torch.nn.Parameter((0.01 * torch.randn(count, dim)).to(device))  # drawn on the CPU: the same on any device
 
 
 def train_template(dataset: str | Path, out: str | Path, settings: TemplateTrainSettings, command: str = "",
@@ -64,6 +64,8 @@ def train_template(dataset: str | Path, out: str | Path, settings: TemplateTrain
     manifest = read_manifest(dataset)
     names, held_out = split_names(select_shapes(manifest, settings.include), settings.holdout_every)
     regions = parse_subregions(settings.subregions, dataset) if settings.subregions else {}  # bad input fails first
+    if regions:
+        check_label_sources(manifest, names, dataset)
     if len(names) < 2:
         raise InputError(dataset, f"{len(names)} training shapes; a template needs at least 2")
     run = Run(out, settings, device)
@@ -72,11 +74,12 @@ def train_template(dataset: str | Path, out: str | Path, settings: TemplateTrain
     surfaces = torch.stack([surface_pool(read_mesh(dataset / manifest["shapes"][n]["unit"]), SURFACE_POOL,
                                          settings.seed + i) for i, n in enumerate(names)]).to(device)
     config = TemplateConfig(settings.alpha_dim, settings.beta_dim, settings.template_width, settings.template_layers,
-                            settings.deform_width, settings.deform_layers, settings.hyper_width)
+                            settings.deform_width, settings.deform_layers, settings.hyper_width, codes=settings.codes)
     model = TemplateModel(config).to(device)
     alphas = _codes(len(names), settings.alpha_dim, settings.codes in ("both", "alpha"), device)
     betas = _codes(len(names), settings.beta_dim, settings.codes in ("both", "beta"), device)
-    own = [torch.nn.Parameter(0.01 * torch.randn(dim, device=device)) for dim in (settings.alpha_dim, settings.beta_dim)]
+    own = [torch.nn.Parameter(_codes(1, dim, settings.valid_template, device)[0]) for dim in (settings.alpha_dim,
+                                                                                             settings.beta_dim)]
     codes = [c for c in (alphas, betas) if c.requires_grad] + (own if settings.valid_template else [])
     groups = [{"params": model.parameters(), "lr": settings.lr}] + ([{"params": codes, "lr": settings.code_lr}]
                                                                      if codes else [])
@@ -104,6 +107,7 @@ def train_template(dataset: str | Path, out: str | Path, settings: TemplateTrain
                 found.fill_(points is not None)
                 if points is not None:
                     on_template.copy_(points)
+            terms["valid_template"] = torch.zeros((), device=device)  # logged as 0 until the template has a surface
             if found:
                 points = on_template[torch.randint(0, TEMPLATE_POINTS, (settings.surface_points,), generator=g).to(device)]
                 moved, correction = model.deformation(points[None], own[0][None], own[1][None])
@@ -145,6 +149,16 @@ def parse_subregions(text: str, source: Path) -> dict[int, str]:
                                      f"got {item!r}")
         regions[int(value)] = name.strip()
     return regions
+
+
+def check_label_sources(manifest: dict, names: list[str], dataset: Path) -> None:
+    """Sub-regions are voted from the source masks' labels: each training shape needs one, readable."""
+    for name in names:
+        entry = manifest["shapes"][name]
+        if entry.get("kind") != "mask" or not Path(entry["source"]).is_file():
+            raise InputError(dataset, f"--subregions needs the labelled source masks; shape {name} comes from "
+                                      f"{entry['source']} ({entry.get('kind', 'unknown kind')}, "
+                                      f"{'found' if Path(entry['source']).is_file() else 'missing'})")
 
 
 def subregion_grid(model: TemplateModel, manifest: dict, names: list[str], regions: dict[int, str],
