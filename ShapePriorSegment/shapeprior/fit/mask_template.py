@@ -64,15 +64,6 @@ def mask_surface(prepared: PreparedMask) -> trimesh.Trimesh:
     return level_set_mesh(prepared.sdf_mm, 0.0, index_to_physical(prepared.mask))
 
 
-def template_points(model: TemplateModel, count: int, seed: int, source: str) -> np.ndarray:
-    """(count, 3) points on the template's surface, model unit sphere."""
-    with torch.no_grad():
-        mesh = field_mesh(model.template_sdf, 64)
-    if len(mesh.faces) == 0:
-        raise InputError(source, "the template model has no template surface (untrained model?)")
-    return trimesh.sample.sample_surface(mesh, count, seed=seed)[0]
-
-
 def align_to_template(points_lps: np.ndarray, template: np.ndarray, source: str) -> tuple[Similarity, np.ndarray]:
     """Rigid CPD with scale of (N, 3) LPS mm points onto (M, 3) template points (unit sphere).
 
@@ -103,7 +94,10 @@ def fit_template_to_mask(model: TemplateModel, prepared: PreparedMask, settings:
         raise InputError(source, "the mask has no surface to fit")
     points, faces = trimesh.sample.sample_surface(surface, settings.points, seed=settings.seed)
     normals = surface.face_normals[faces]
-    to_unit, match = align_to_template(points, template_points(model, settings.points, settings.seed, source), source)
+    template = model.template_points(settings.points, settings.seed, resolution=64, radius=1.05)
+    if template is None:
+        raise InputError(source, "the template model has no template surface (untrained model?)")
+    to_unit, match = align_to_template(points, template, source)
     kept = match >= np.quantile(match, 1.0 - settings.keep_share)
     trust = torch.tensor(np.where(kept, 1.0, settings.outlier_weight), dtype=torch.float32)[None]
     unit = to_unit.apply(points)

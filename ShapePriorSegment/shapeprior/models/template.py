@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import trimesh
 from torch import nn
 
+from ..geometry.level_set import field_mesh
 from .bundle import ModelBundle
 
 # Relative loss weights of ISMM / ReShapeIT (after DIF-Net).
@@ -154,6 +157,16 @@ class TemplateModel(nn.Module):
         """(B, N, 3) points, codes (B, A) and (B, B') -> (B, N) signed distances."""
         moved, correction = self.deformation(points, alpha, beta)
         return self.template_sdf(points + moved) + correction
+
+    @torch.no_grad()
+    def template_points(self, count: int, seed: int, resolution: int, radius: float) -> np.ndarray | None:
+        """(count, 3) points on the template's zero level (unit sphere), meshed at ``resolution`` over
+        [-radius, radius]^3; None while it has none (an untrained template)."""
+        device = next(self.parameters()).device
+        mesh = field_mesh(lambda points: self.template_sdf(points.to(device)).cpu(), resolution, radius)
+        if len(mesh.faces) == 0:
+            return None
+        return np.asarray(trimesh.sample.sample_surface(mesh, count, seed=seed)[0])
 
     @torch.no_grad()
     def to_template(self, points: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,

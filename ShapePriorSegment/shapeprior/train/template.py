@@ -19,7 +19,6 @@ import trimesh
 
 from ..errors import InputError
 from ..fit.correspondence import vote_label_grid
-from ..geometry.level_set import field_mesh
 from ..io import read_mesh
 from ..models.bundle import save_bundle
 from ..models.template import WEIGHTS, TemplateConfig, TemplateModel, template_losses
@@ -38,16 +37,6 @@ def surface_pool(mesh: trimesh.Trimesh, count: int, seed: int) -> torch.Tensor:
     """(count, 6) points on ``mesh`` (area-uniform) and their unit outward normals."""
     points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
     return torch.tensor(np.hstack([points, mesh.face_normals[faces]]), dtype=torch.float32)
-
-
-def template_surface(model: TemplateModel, count: int, g: torch.Generator) -> torch.Tensor | None:
-    """(count, 3) points on the template's zero level (unit sphere), or None while it has none."""
-    device = next(model.parameters()).device
-    mesh = field_mesh(lambda points: model.template_sdf(points.to(device)).cpu(), TEMPLATE_GRID, radius=1.0)
-    if len(mesh.faces) == 0:
-        return None
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-    return torch.tensor(trimesh.sample.sample_surface(mesh, count, seed=seed)[0], dtype=torch.float32, device=device)
 
 
 def _codes(count: int, dim: int, used: bool, device: torch.device) -> torch.Tensor:
@@ -103,10 +92,11 @@ def train_template(dataset: str | Path, out: str | Path, settings: TemplateTrain
         terms["beta"] = betas[batch].pow(2).mean()
         if settings.valid_template:
             if count % settings.template_every == 0:
-                points = template_surface(model, TEMPLATE_POINTS, g)
+                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+                points = model.template_points(TEMPLATE_POINTS, seed, TEMPLATE_GRID, radius=1.0)
                 found.fill_(points is not None)
                 if points is not None:
-                    on_template.copy_(points)
+                    on_template.copy_(torch.from_numpy(points))
             terms["valid_template"] = torch.zeros((), device=device)  # logged as 0 until the template has a surface
             if found:
                 points = on_template[torch.randint(0, TEMPLATE_POINTS, (settings.surface_points,), generator=g).to(device)]
