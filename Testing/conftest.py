@@ -169,6 +169,31 @@ TINY_SDF = ["--organ", "blob", "--latent-dim", "8", "--width", "32", "--layers",
             "--samples", "256", "--lr", "2e-3"]
 
 
+TINY_TEMPLATE = ["--organ", "blob", "--alpha-dim", "4", "--beta-dim", "4", "--template-width", "32", "--template-layers", "2",
+        "--deform-width", "16", "--deform-layers", "2", "--hyper-width", "16", "--batch", "4", "--surface-points", "64",
+        "--sdf-points", "64", "--free-points", "32", "--lr", "1e-3", "--template-every", "10"]
+
+
+@pytest.fixture(scope="session")
+def tiny_template_args() -> list[str]:
+    """``train-template`` options of a tiny model (seconds of training)."""
+    return TINY_TEMPLATE
+
+
+@pytest.fixture(scope="session")
+def trained(image_dataset, tmp_path_factory):
+    """A tiny template model trained on the image dataset, with two sub-regions (labels 1 and 2)."""
+    from shapeprior.cli import main
+
+    out = tmp_path_factory.mktemp("template") / "template.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *TINY_TEMPLATE, "--steps", "150",
+                 "--subregions", "1:right,2:left"]) == 0
+    torch.set_num_threads(threads)
+    return out
+
+
 @pytest.fixture(scope="session")
 def image_dataset(tmp_path_factory, helpers):
     """A prepared dataset of 10 ellipsoid 'organs' in noisy images (two labels merged), and tiny models."""

@@ -30,7 +30,7 @@ LOAD_MODEL_ITEM = "Load model file..."
 ANNOTATION_MODES = ("curves", "painted", "mask", "image")
 # The model kinds each mode can use, and the bundled model to switch to when the chosen one is of
 # another kind (the default of the first kind listed).
-MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf"), "image": ("dissm",)}
+MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf", "template"), "image": ("dissm",)}
 DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 # The fitted model's point array of per-vertex uncertainty (mm), shapeprior.fit.run.UNCERTAINTY_ARRAY
 # (the core is imported lazily: its dependencies may not be installed yet).

@@ -4,11 +4,14 @@ from .logic import _
 
 
 def resultSummary(result: dict) -> str:
-    """The status line: organ, time, segment and, with contours, their mean and largest residual."""
+    """The status line: organ, time, segment, a template model's sub-regions and, with contours, their
+    mean and largest residual."""
     report = result["report"]
     residuals = report.get("residuals", [])
     text = _("Fitted {organ} in {seconds:.1f} s: segment '{segment}'.").format(
         organ=report["organ"], seconds=report["seconds"], segment=result["segment_name"])
+    if report.get("subregions"):
+        text += " " + _("Sub-regions as segments: {names}.").format(names=", ".join(report["subregions"].values()))
     if residuals:
         text += " " + _("Contour residual mean {mean:.1f} mm, max {max:.1f} mm.").format(
             mean=sum(r["mean_mm"] for r in residuals) / len(residuals), max=max(r["max_mm"] for r in residuals))

@@ -119,7 +119,7 @@ def test_organ_differing_from_the_segment_name_warns(scene, oblique_mask, tiny_m
 
 def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thread):
     """A labelmap node with a leak -> refined liver model + segment; the leak is mostly dropped."""
-    from shapeprior.bench.refine import failure_mask
+    from shapeprior.bench.mask_failures import failure_mask
 
     liver_like = helpers.ellipsoid_image((90.0, 75.0, 60.0), spacing=(3.0, 3.0, 3.0))
     leaky = failure_mask(liver_like, "leak", 0)
@@ -139,7 +139,7 @@ def test_cnn_mask_is_refined_with_the_shape_prior(scene, helpers, one_torch_thre
 
 
 def test_refine_mask_scene_bundle_holds_the_image_model_and_segment(helpers, tmp_path, one_torch_thread):
-    from shapeprior.bench.refine import failure_mask
+    from shapeprior.bench.mask_failures import failure_mask
     from shapeprior.cli import main
     from shapeprior.mrml.scene import nodes_by_class, read_scene_bundle
 
@@ -154,3 +154,29 @@ def test_refine_mask_scene_bundle_holds_the_image_model_and_segment(helpers, tmp
     (model,) = nodes_by_class(scene, "vtkMRMLModelNode")
     assert model.GetPolyData().GetPointData().GetArray(MASK_DISTANCE_ARRAY) is not None
     assert len(nodes_by_class(scene, "vtkMRMLSegmentationNode")) == 1
+
+
+def test_template_model_refines_a_mask_into_the_organ_and_its_subregions(scene, image_dataset, trained,
+                                                                          one_torch_thread):
+    """A template model with sub-regions: the organ segment, one segment per sub-region (closed surfaces
+    that split the organ), and the template coordinates on the model node."""
+    from shapeprior.io import read_mask
+
+    truth = read_mask(min((image_dataset["root"] / "labels").iterdir()), [1, 2])
+    node_id = bridge.add_labelmap_node(scene, truth, "cnn blob")
+    out = bridge.refine_mask_in_scene(scene, node_id, str(trained))
+    segmentation = scene.GetNodeByID(out["segmentation_node_id"]).GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["blob", "blob right", "blob left"] and len(out["part_segment_ids"]) == 2
+    organ = segmentation.GetSegment(out["segment_id"]).GetRepresentation("Closed surface")
+    volumes = []
+    for part_id in out["part_segment_ids"]:
+        poly = segmentation.GetSegment(part_id).GetRepresentation("Closed surface")
+        mesh = bridge.polydata_to_mesh(poly)
+        assert mesh.is_watertight
+        volumes.append(mesh.volume)
+    whole = bridge.polydata_to_mesh(organ).volume
+    assert min(volumes) > 0.2 * whole and sum(volumes) == pytest.approx(whole, rel=0.15)
+    coordinates = scene.GetNodeByID(out["model_node_id"]).GetPolyData().GetPointData().GetArray("TemplateCoordinates")
+    assert coordinates.GetNumberOfComponents() == 3
+    assert out["report"]["subregions"] == {"1": "right", "2": "left"}

@@ -343,3 +343,12 @@ def test_warm_start_report_only_for_the_same_model(tiny_model):
     assert logic.warmStartReport(str(tiny_model)) is None
     logic.lastReport = {"organ": "liver"}  # a mask refinement or image fit: nothing to start from
     assert logic.warmStartReport(str(tiny_model)) is None
+
+
+def test_status_line_names_a_template_models_subregions():
+    from ShapePriorSegmentLib.results import resultSummary
+
+    result = {"segment_name": "hippocampus", "report": {"organ": "hippocampus", "seconds": 7.04,
+                                                        "subregions": {"1": "anterior", "2": "posterior"}}}
+    assert resultSummary(result) == ("Fitted hippocampus in 7.0 s: segment 'hippocampus'. Sub-regions as segments: "
+                                     "anterior, posterior.")

@@ -250,6 +250,21 @@ def test_benchmark_image_scores_every_stage_and_the_unet(image_dataset, tmp_path
     assert all(0.0 <= r["dice"] <= 1.0 for r in rows)
 
 
+def test_unet_with_separate_labels_on_few_cases(image_dataset, tmp_path):
+    from shapeprior.io import read_image
+    from shapeprior.models.registry import load_model
+    from shapeprior.models.unet import segment
+
+    out = tmp_path / "labels.pt"
+    assert main(["-q", "train-unet", str(image_dataset["data"]), str(out), "--separate-labels", "--train-cases",
+                 "3", "--steps", "20", "--batch", "2", "--channels", "4,8"]) == 0
+    bundle, net = load_model(out, kind="unet")
+    assert bundle.metadata["config"]["classes"] == 2 and len(bundle.metadata["training"]["shapes"]) == 3
+    classes = sitk.GetArrayFromImage(segment(net, read_image(image_dataset["images"] / "case_01.nii.gz")))
+    assert set(np.unique(classes)) <= {0, 1, 2}
+    assert net(torch.zeros(1, 1, 16, 16, 16)).shape[1] == 3  # background + two labels
+
+
 @pytest.mark.parametrize("problem", ["2d", "nan", "dals-model", "stage"])
 def test_fit_image_bad_input_exit_2_no_output(problem, image_dataset, tiny_model, tmp_path, capsys):
     image_path = image_dataset["images"] / "case_01.nii.gz"

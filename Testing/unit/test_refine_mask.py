@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import torch
 import trimesh
 from shapeprior.bench.image import mask_metrics
-from shapeprior.bench.refine import FAILURES, failure_mask, summarise
+from shapeprior.bench.mask_failures import FAILURES, failure_mask
+from shapeprior.bench.refine import summarise
 from shapeprior.cli import main
 from shapeprior.errors import InputError
 from shapeprior.fit.mask_fusion import fuse_with_mask
@@ -113,9 +114,11 @@ def test_failures_change_the_mask_reproducibly(helpers, failure):
     a, b = failure_mask(truth, failure, 3), failure_mask(truth, failure, 3)
     before, after = sitk.GetArrayViewFromImage(truth) > 0, sitk.GetArrayViewFromImage(a) > 0
     assert np.array_equal(after, sitk.GetArrayViewFromImage(b) > 0)
-    if failure == "thick slices":
-        last = after.shape[0] - 1
-        assert all(np.array_equal(after[k], before[min((k + 2) // 4 * 4, last)]) for k in range(last + 1))
+    if failure.startswith("thick slices"):
+        axis = 2 - "ijk".index(failure[-1])
+        last = after.shape[axis] - 1
+        assert all(np.array_equal(np.take(after, k, axis), np.take(before, min((k + 2) // 4 * 4, last), axis))
+                   for k in range(last + 1))
     elif failure == "leak":
         assert (after & ~before).sum() > 0.05 * before.sum() and (before & ~after).sum() == 0
     else:
@@ -208,7 +211,9 @@ def test_refine_mask_command_writes_everything_and_fails_cleanly(hippocampus_tru
 
 def test_thick_slices_are_detected_and_interpolated(helpers):
     truth = helpers.ellipsoid_image((14.0, 9.0, 16.0), size=(32, 24, 40), axes=helpers.rotation(30.0))
-    thick = failure_mask(truth, "thick slices", 0)
+    for axis in "ij":
+        assert prepare_mask(failure_mask(truth, f"thick slices {axis}", 0)).repeated_slices == (axis, 4)
+    thick = failure_mask(truth, "thick slices k", 0)
     prepared = prepare_mask(thick, "thick.nii.gz")
     assert prepared.repeated_slices == ("k", 4) and "interpolating" in prepared.warnings[-1]
     assert prepare_mask(truth).repeated_slices is None
@@ -225,19 +230,19 @@ def test_a_mask_far_from_the_model_size_warns_and_is_still_fitted(helpers, one_t
 
 
 def test_benchmark_summary_medians_and_per_case_counts():
-    def row(case, method, dice, hd95, surface, seconds=None):
+    def row(case, method, dice, hd95, surface, chamfer, seconds=None):
         return {"setting": "toy", "case": case, "method": method, "seconds": seconds, "dice": dice,
-                "hd95_mm": hd95, "assd_mm": hd95 / 2, "hd95_surface_mm": surface, "assd_surface_mm": surface / 2}
+                "hd95_mm": hd95, "assd_mm": hd95 / 2, "hd95_surface_mm": surface, "assd_surface_mm": surface / 2,
+                "chamfer_normalised": chamfer, "prior_parts": 1}
 
-    rows = [row("a", "mask", 0.80, 2.0, 1.9), row("a", "refined", 0.90, 1.0, 1.2, 3.0),
-            row("b", "mask", 0.85, 1.41, 1.5), row("b", "refined", 0.84, 1.41, 1.6, 5.0),
-            row("c", "mask", 0.70, 3.0, 3.0), row("c", "refined", 0.75, 2.0, 4e-14, 4.0)]
+    rows = [row("a", "mask", 0.80, 2.0, 1.9, 0.004), row("a", "refined", 0.90, 1.0, 1.2, 0.002, 3.0),
+            row("b", "mask", 0.85, 1.41, 1.5, 0.003), row("b", "refined", 0.84, 1.41, 1.6, 0.003, 5.0),
+            row("c", "mask", 0.70, 3.0, 3.0, 0.010), row("c", "refined", 0.75, 2.0, 4e-14, 0.001, 4.0)]
     lines = summarise({"rows": rows, "peak_rss_mb": 100.0}).splitlines()
-    medians = next(line for line in lines if line.startswith("| toy | 3 |"))
-    # Medians before -> after: Dice 0.80 -> 0.84, HD95 2 -> 1.41, surface HD95 1.9 -> 1.2; time 4 s.
-    assert "0.8 -> **0.84**" in medians and "2 -> **1.41**" in medians and "1.9 -> **1.2**" in medians
-    assert medians.endswith("| 4.0 |")
-    cases = [line for line in lines if line.startswith("| toy |") and line != medians][0]
+    # Medians: Dice 0.84, HD95 1.41, surface HD95 1.2 (mask 1.9: -37%), surface ASSD 0.6, CD 0.002
+    # (mask 0.004: -50%); time 4 s; the mask's own row has no change and no time.
+    assert "| toy | mask | 3 | 0.800 | 2 | 1.9 | 0.95 | 4 |  |  |" in lines
+    assert "| toy | **refined** | 3 | 0.840 | 1.41 | 1.2 | 0.6 | 2 | -50% / -37% | 4.0 |" in lines
     # HD95 lower in a and c, higher in none; surface HD95 lower in a and c, higher in b;
     # Dice higher in a and c, lower in b; worst Dice 0.75 after vs 0.70 before; slowest 5 s.
-    assert cases == "| toy | 2.14 -> 1.47 | 2 / 0 | 2 / 1 | 2 / 1 | 0.750 vs 0.700 | 5.0 |"
+    assert "| toy | refined | 2 / 0 | 2 / 1 | 2 / 1 | 0.750 vs 0.700 | 5.0 |" in lines

@@ -22,10 +22,6 @@ from shapeprior.models.template import (
 
 SMALL = TemplateConfig(alpha_dim=4, beta_dim=4, template_width=16, template_layers=2, deform_width=8, deform_layers=2,
                        hyper_width=8)
-TINY = ["--organ", "blob", "--alpha-dim", "4", "--beta-dim", "4", "--template-width", "32", "--template-layers", "2",
-        "--deform-width", "16", "--deform-layers", "2", "--hyper-width", "16", "--batch", "4", "--surface-points", "64",
-        "--sdf-points", "64", "--free-points", "32", "--lr", "1e-3", "--template-every", "10"]
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -91,14 +87,6 @@ def test_model_sdf_is_the_template_at_the_deformed_point_plus_the_correction():
     assert moved.shape == (2, 15, 3) and correction.shape == (2, 15)
 
 
-@pytest.fixture(scope="module")
-def trained(image_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("template") / "template.pt"
-    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *TINY, "--steps", "150",
-                 "--subregions", "1:right,2:left"]) == 0
-    return out
-
-
 def test_training_writes_a_loadable_bundle_and_lowers_the_loss(trained):
     bundle = load_bundle(trained, kind="template")
     assert bundle.kind == "template" and bundle.organ == "blob"
@@ -117,15 +105,16 @@ def test_training_writes_a_loadable_bundle_and_lowers_the_loss(trained):
     assert sdf.item() < 0  # the centre of an ellipsoid organ is inside
 
 
-def test_training_resumes_and_ablations_hold_their_codes_at_zero(image_dataset, trained, tmp_path):
+def test_training_resumes_and_ablations_hold_their_codes_at_zero(tiny_template_args, image_dataset, trained,
+                                                                  tmp_path):
     before = load_bundle(trained).tensors
     # The finished checkpoint is picked up: no step runs again and the same model is written.
-    assert main(["-q", "train-template", str(image_dataset["data"]), str(trained), *TINY, "--steps", "150",
-                 "--subregions", "1:right,2:left"]) == 0
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(trained), *tiny_template_args, "--steps",
+                 "150", "--subregions", "1:right,2:left"]) == 0
     after = load_bundle(trained).tensors
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     out = tmp_path / "no-codes.pt"
-    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *TINY, "--steps", "4",
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(out), *tiny_template_args, "--steps", "4",
                  "--codes", "none", "--no-valid-template"]) == 0
     model = build_model(load_bundle(out))
     assert model.alphas.abs().max() == 0 and model.betas.abs().max() == 0
@@ -144,9 +133,20 @@ def test_cpd_alignment_recovers_a_similarity_and_ranks_a_leak_last(helpers):
     to_unit, match = align_to_template(np.vstack([case, leak]), template_points, "case")
     assert to_unit.scale == pytest.approx(truth.scale, rel=0.05)
     error = np.linalg.norm(to_unit.apply(case) - truth.apply(case), axis=1)  # unit radius: 1
-    # CPD's Gaussians (final sigma about 0.04 here) leave a few hundredths of the unit radius.
-    assert np.median(error) < 0.06 and error.max() < 0.1
+    # CPD's Gaussians (final sigma about 0.04 here; CPD iterates on 300 of the points) leave a few
+    # hundredths of the unit radius.
+    assert np.median(error) < 0.07 and error.max() < 0.1
     assert np.median(match[500:]) < np.quantile(match[:500], 0.1)  # the leak matches worst
+
+
+def test_cpd_alignment_of_a_degenerate_surface_is_a_clear_error():
+    from shapeprior.errors import InputError
+    from shapeprior.fit.mask_template import align_to_template
+
+    template = trimesh.creation.icosphere(2).vertices
+    for points in (np.ones((50, 3)), np.full((50, 3), np.nan)):
+        with pytest.raises(InputError, match="could not be aligned to the template"):
+            align_to_template(points, template, "mask.nii.gz")
 
 
 def test_refine_mask_with_a_template_model_maps_the_surface_to_the_template(image_dataset, trained, tmp_path):
@@ -207,9 +207,10 @@ def test_subregions_voted_onto_the_template_come_back_on_a_training_case(image_d
         assert dice(labels == value, expected == value) > 0.8
 
 
-def test_bad_subregions_fail_before_training(image_dataset, tmp_path, capsys):
+def test_bad_subregions_fail_before_training(tiny_template_args, image_dataset, tmp_path, capsys):
     out = tmp_path / "t.pt"
-    assert main(["train-template", str(image_dataset["data"]), str(out), *TINY, "--subregions", "anterior"]) == 2
+    assert main(["train-template", str(image_dataset["data"]), str(out), *tiny_template_args, "--subregions",
+                 "anterior"]) == 2
     assert "--subregions: expected LABEL:NAME pairs" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "t.pt.ckpt").exists()
 
@@ -229,13 +230,14 @@ def test_refine_mask_writes_the_template_subregions(image_dataset, trained, tmp_
     assert names == {"blob right", "blob left"}
 
 
-def test_out_labels_needs_a_template_model_with_subregions(image_dataset, tiny_model, tmp_path, capsys):
+def test_out_labels_needs_a_template_model_with_subregions(tiny_template_args, image_dataset, tiny_model, tmp_path,
+                                                           capsys):
     mask = min((image_dataset["root"] / "labels").iterdir())
     out = tmp_path / "labels.nii.gz"
     assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(tiny_model), "--out-labels", str(out)]) == 2
     assert "--out-labels only applies to template models" in capsys.readouterr().err
     plain = tmp_path / "plain.pt"
-    assert main(["-q", "train-template", str(image_dataset["data"]), str(plain), *TINY, "--steps", "2"]) == 0
+    assert main(["-q", "train-template", str(image_dataset["data"]), str(plain), *tiny_template_args, "--steps", "2"]) == 0
     assert main(["refine-mask", str(mask), "--label", "1,2", "--model", str(plain), "--out-labels", str(out)]) == 2
     assert "has no sub-regions to transfer" in capsys.readouterr().err
     assert not out.exists()
@@ -275,3 +277,71 @@ def test_correspond_refuses_surfaces_without_template_coordinates(tmp_path, help
     assert "has no point array TemplateCoordinates" in capsys.readouterr().err
     assert main(["correspond", str(plain), str(plain), "--out", str(tmp_path / "p.txt")]) == 2
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_benchmark_refine_runs_every_input_method_ablation_and_the_label_transfer(image_dataset, trained, tmp_path,
+                                                                                   capsys):
+    unet = tmp_path / "unet.pt"
+    assert main(["-q", "train-unet", str(image_dataset["data"]), str(unet), "--separate-labels", "--steps", "2",
+                 "--batch", "2", "--channels", "4,8"]) == 0
+    out = tmp_path / "refine.json"
+    assert main(["-q", "benchmark", "refine", "--data", str(image_dataset["data"]), "--unet", str(unet),
+                 "--weak-unet", str(image_dataset["unet"]), "--hippocampus-model", f"DISSM={image_dataset['refined']}",
+                 "--hippocampus-model", f"ReShapeIT={trained}", "--ablation", f"same={trained}", "--keep-shares", "1",
+                 "--limit", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows, table = result["rows"], capsys.readouterr().out
+    inputs = ["U-Net", "weak U-Net", "thick slices i", "thick slices j", "thick slices k", "leak", "hole", "cut-off"]
+    assert [r["setting"] for r in rows if r["method"] == "mask"] == [f"hippocampus {i}" for i in inputs]
+    for method in ("DISSM", "ReShapeIT"):
+        assert len([r for r in rows if r["method"] == method]) == len(inputs)
+        assert f"| hippocampus leak | **{method}** | 1 |" in table
+    ablations = [r for r in rows if r.get("ablation")]
+    assert [r["method"] for r in ablations] == ["same", "kept share 100%"]
+    assert all(r["setting"] == "hippocampus weak U-Net" for r in ablations)
+    assert result["template_parts"]["ReShapeIT"] >= 1 and all(r["prior_parts"] >= 1 for r in ablations)
+    transfer = [r for r in rows if "label_dice" in r]
+    assert [r["method"] for r in transfer] == ["mask", "ReShapeIT"]  # the U-Net's own labels, the transferred ones
+    assert all(set(r["label_dice"]) == {"1", "2"} and 0 <= min(r["label_dice"].values()) <= 1 for r in transfer)
+    assert "| ReShapeIT (transferred) | 1 |" in table and "| U-Net (its own labels) | 1 |" in table
+    # One input alone on two cases, then merged with the first run.
+    part = tmp_path / "leak.json"
+    assert main(["-q", "benchmark", "refine", "--data", str(image_dataset["data"]), "--hippocampus-model",
+                 f"DISSM={image_dataset['refined']}", "--inputs", "leak", "--limit", "2", "--out", str(part)]) == 0
+    assert {r["setting"] for r in json.loads(part.read_text())["rows"]} == {"hippocampus leak"}
+    capsys.readouterr()
+    assert main(["-q", "benchmark", "refine", "--merge", str(out), "--merge", str(part)]) == 0
+    merged = capsys.readouterr().out  # case_00 twice counts once, case_05 is new
+    assert "| hippocampus leak | **DISSM** | 2 |" in merged and "| hippocampus leak | **ReShapeIT** | 1 |" in merged
+    assert main(["-q", "benchmark", "refine", "--data", str(image_dataset["data"]), "--inputs", "leek"]) == 2
+    assert "unknown input(s) leek" in capsys.readouterr().err
+    # A model trained on a benchmark case is refused.
+    leaky = tmp_path / "all.pt"
+    assert main(["-q", "train-unet", str(image_dataset["data"]), str(leaky), "--holdout-every", "0", "--steps", "1",
+                 "--batch", "1", "--channels", "4,8"]) == 0
+    assert main(["-q", "benchmark", "refine", "--data", str(image_dataset["data"]), "--weak-unet", str(leaky),
+                 "--hippocampus-model", f"DISSM={image_dataset['refined']}", "--limit", "1"]) == 2
+    assert "was trained on benchmark cases (case_00)" in capsys.readouterr().err
+
+
+def test_shipped_hippocampus_template_on_a_held_out_mask(data_dir, tmp_path):
+    """The shipped template model on a held-out true mask: the refined hippocampus follows the mask and the
+    transferred anterior / posterior sub-regions match the true labels (the full numbers come from
+    `shapeprior benchmark refine`)."""
+    import SimpleITK as sitk
+    from shapeprior.io import read_mask
+    from shapeprior.metrics import dice
+
+    bundle = load_bundle("hippocampus-template", kind="template")
+    assert bundle.metadata["subregions"] == {"1": "anterior", "2": "posterior"} and "labels.grid" in bundle.tensors
+    case = bundle.metadata["training"]["held_out"][0]
+    assert case not in bundle.metadata["training"]["shapes"]
+    labels = data_dir / "hippocampus" / "labels" / f"{case}.nii.gz"
+    seg, parts = tmp_path / "seg.nii.gz", tmp_path / "parts.nii.gz"
+    assert main(["-q", "refine-mask", str(labels), "--label", "1,2", "--model", "hippocampus-template",
+                 "--out-seg", str(seg), "--out-labels", str(parts)]) == 0
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(seg))) > 0
+    assert dice(refined, sitk.GetArrayFromImage(read_mask(labels, [1, 2])) > 0) > 0.9
+    transferred = sitk.GetArrayFromImage(sitk.ReadImage(str(parts)))
+    for label in (1, 2):
+        assert dice(transferred == label, sitk.GetArrayFromImage(read_mask(labels, [label])) > 0) > 0.85

@@ -28,14 +28,15 @@ from ..train.common import read_manifest
 
 
 def mask_metrics(pred: sitk.Image, truth: sitk.Image, surface: bool = False) -> dict:
-    """Dice, voxel HD95 and ASSD; with ``surface`` also ``hd95_surface_mm`` and ``assd_surface_mm``
-    between the masks' marching-cubes surfaces (sub-voxel)."""
+    """Dice, voxel HD95 and ASSD; with ``surface`` also ``hd95_surface_mm``, ``assd_surface_mm`` and
+    ``chamfer_normalised`` between the masks' marching-cubes surfaces (sub-voxel)."""
     a, b = sitk.GetArrayViewFromImage(pred) > 0, sitk.GetArrayViewFromImage(truth) > 0
     spacing = truth.GetSpacing()[::-1]  # array axes are (k, j, i)
     metrics = {"dice": dice(a, b), "hd95_mm": hd95_voxel(a, b, spacing), "assd_mm": assd_voxel(a, b, spacing)}
     if surface:
         distances = surface_distances_of_masks(a, b, spacing)
-        metrics.update(hd95_surface_mm=distances["hd95_mm"], assd_surface_mm=distances["assd_mm"])
+        metrics.update(hd95_surface_mm=distances["hd95_mm"], assd_surface_mm=distances["assd_mm"],
+                       chamfer_normalised=distances["chamfer_normalised"])
     return metrics
 
 

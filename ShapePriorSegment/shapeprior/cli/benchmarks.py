@@ -52,7 +52,23 @@ def add(sub: argparse._SubParsersAction) -> None:
         "and after; then the example CT's CNN liver mask, drawn over the scan with --figure.",
     )
     r.add_argument("--data", help="the hippocampus dataset folder (prepared with --images) of the hippocampus model")
-    r.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (its masks are refined)")
+    r.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (its masks are refined; one trained with "
+                   "--separate-labels is also the baseline of the label transfer)")
+    r.add_argument("--weak-unet", help="a U-Net trained on a few cases (`train-unet --train-cases 20`)")
+    r.add_argument("--hippocampus-model", action="append", type=_named, metavar="NAME=MODEL",
+                   help="a refinement model of the hippocampus inputs, shown as NAME (repeatable; default "
+                   "DISSM=hippocampus)")
+    r.add_argument("--liver-model", action="append", type=_named, metavar="NAME=MODEL",
+                   help="a refinement model of the liver inputs (repeatable; default DALS=liver)")
+    r.add_argument("--ablation", action="append", type=_named, metavar="NAME=MODEL", default=[],
+                   help="a hippocampus template model of the ablations, run on the weak U-Net's masks (repeatable)")
+    r.add_argument("--inputs", default="", help="run only these inputs, comma-separated (U-Net, weak U-Net, thick "
+                   "slices i, thick slices j, thick slices k, leak, hole, cut-off; default all)")
+    r.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="summarise earlier runs' --out files together instead of running (repeatable; e.g. runs "
+                   "of different --inputs side by side)")
+    r.add_argument("--keep-shares", default="", help="kept shares tried with the last hippocampus template model "
+                   "in the ablations, comma-separated (e.g. 1,0.5,0.25)")
     r.add_argument("--liver-meshes", help="folder of liver surfaces (held-out LiTS-*, 3Dircadb-* are voxelised at 2 mm)")
     r.add_argument("--mesh-frame", choices=("LPS", "RAS"), default="LPS", help=MESH_FRAME_HELP)
     r.add_argument("--ct-example", help="TotalSegmentator example folder (example_ct.nii.gz, example_seg.nii.gz)")
@@ -115,6 +131,14 @@ def measure_loop(args: argparse.Namespace) -> tuple[dict, str]:
     return result, summarise(result)
 
 
+def _named(text: str) -> tuple[str, str]:
+    """``NAME=MODEL`` -> (NAME, MODEL)."""
+    name, sep, model = text.partition("=")
+    if not sep or not name.strip() or not model.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL, e.g. ReShapeIT=hippocampus-template.pt, got {text!r}")
+    return name.strip(), model.strip()
+
+
 def measure_image(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.image import run_benchmark, summarise
 
@@ -123,23 +147,44 @@ def measure_image(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def measure_refine(args: argparse.Namespace) -> tuple[dict, str]:
-    from ..bench.refine import ct_example, run_benchmark, summarise
+    from ..bench.mask_failures import FAILURES
+    from ..bench.refine import Methods, ct_example, merge_results, run_benchmark, summarise
 
+    if args.merge:
+        result = merge_results(args.merge)
+        return result, summarise(result) + (_ct_line(result["ct_example"]) if "ct_example" in result else "")
     if not (args.data or args.liver_meshes or args.ct_example):
         raise InputError(None, "nothing to benchmark: give --data, --liver-meshes and/or --ct-example")
-    result = run_benchmark(args.data, args.unet, args.liver_meshes, limit=args.limit or None,
-                           liver_limit=args.liver_limit, progress=not args.quiet, mesh_frame=args.mesh_frame)
+    try:
+        shares = tuple(float(v) for v in args.keep_shares.split(",") if v.strip())
+    except ValueError:
+        raise InputError(None, f"--keep-shares: expected numbers such as 1,0.5,0.25, got {args.keep_shares!r}")
+    if any(not 0 < v <= 1 for v in shares):
+        raise InputError(None, "--keep-shares: each share must be in (0, 1]")
+    inputs = {v.strip() for v in args.inputs.split(",") if v.strip()} or None
+    unknown = (inputs or set()) - {"U-Net", "weak U-Net", *FAILURES}
+    if unknown:
+        raise InputError(None, f"--inputs: unknown input(s) {', '.join(sorted(unknown))}")
+    models = Methods(**{k: dict(v) for k, v in (("hippocampus", args.hippocampus_model),
+                                                  ("liver", args.liver_model)) if v},
+                     ablations=dict(args.ablation), keep_shares=shares)
+    result = run_benchmark(args.data, {"U-Net": args.unet, "weak U-Net": args.weak_unet}, args.liver_meshes,
+                           models, inputs, limit=args.limit or None, liver_limit=args.liver_limit,
+                           progress=not args.quiet, mesh_frame=args.mesh_frame)
     table = summarise(result)
     if args.ct_example:
-        ct = ct_example(args.ct_example, args.figure)
-        result["ct_example"] = ct
-        distance = ct["distance_to_mask_boundary_mm"]
-        table += (f"\n\nCT example (TotalSegmentator liver mask, 3 mm, {len(ct['border_faces'])} image faces "
-                  f"touched): refined in {ct['seconds']:.1f} s, Dice with the CNN mask {ct['dice_with_mask']:.3f}, "
-                  f"{ct['added_ml']:.0f} ml added, {ct['removed_ml']:.0f} ml removed; "
-                  f"{100 * distance['disagreeing_fraction']:.0f}% of the surface inside the scan is over "
-                  f"{distance['disagreeing_threshold_mm']:.0f} mm from the mask.")
+        result["ct_example"] = ct_example(args.ct_example, args.figure)
+        table += _ct_line(result["ct_example"])
     return result, table
+
+
+def _ct_line(ct: dict) -> str:
+    distance = ct["distance_to_mask_boundary_mm"]
+    return (f"\n\nCT example (TotalSegmentator liver mask, 3 mm, {len(ct['border_faces'])} image faces "
+            f"touched): refined in {ct['seconds']:.1f} s, Dice with the CNN mask {ct['dice_with_mask']:.3f}, "
+            f"{ct['added_ml']:.0f} ml added, {ct['removed_ml']:.0f} ml removed; "
+            f"{100 * distance['disagreeing_fraction']:.0f}% of the surface inside the scan is over "
+            f"{distance['disagreeing_threshold_mm']:.0f} mm from the mask.")
 
 
 def measure_hostile(args: argparse.Namespace) -> tuple[dict, str]:

@@ -309,8 +309,9 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     settings = replace(settings_from(args, RefineSettings, base), dals=dals,
                        implicit=replace(base.implicit, seed=dals.seed),
                        template=replace(settings_from(args, TemplateMaskSettings, base.template), seed=dals.seed))
+    subregions = True if args.out_labels else None  # with a template model's sub-regions, in the report and scene
     return fit_and_write(args, lambda progress: refine_mask(mask, args.model, args.input, args.all_parts, settings,
-                                                            progress=progress, subregions=bool(args.out_labels)),
+                                                            progress=progress, subregions=subregions),
                          volume_path=args.image)
 
 

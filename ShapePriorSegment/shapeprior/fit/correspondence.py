@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
+import trimesh
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
-from ..io.frames import index_to_lps
+from ..geometry.level_set import level_set_mesh
+from ..io.frames import index_to_lps, index_to_physical
 
 LABEL_GRID = 48  # cells per axis of the template's label grid
 
@@ -82,3 +84,18 @@ def corresponding_points(template_a: np.ndarray, template_b: np.ndarray) -> tupl
     """
     distance, index = cKDTree(template_b).query(template_a)
     return index, distance
+
+
+def subregion_surfaces(subregions: sitk.Image, names: dict[int, str]) -> dict[str, trimesh.Trimesh]:
+    """Name -> closed surface (LPS mm) of each sub-region of a label image (values ``names``' keys):
+    the half level of its indicator, lightly smoothed (half a voxel) so the surface is not stair-cased."""
+    array = sitk.GetArrayViewFromImage(subregions)
+    unpad = np.eye(4)
+    unpad[:3, 3] = -1.0  # one voxel of padding keeps the surfaces closed at the grid's faces
+    padded_to_lps = index_to_physical(subregions) @ unpad
+    surfaces = {}
+    for value, name in names.items():
+        inside = np.pad((array == value).astype(np.float32), 1)
+        if inside.any():
+            surfaces[name] = level_set_mesh(ndimage.gaussian_filter(inside, 0.5), 0.5, padded_to_lps)
+    return surfaces

@@ -32,6 +32,7 @@ from .dals_fit import Adam, FitCancelled
 
 # CPD's uniform outlier component: the expected share of mask surface that matches no template part.
 OUTLIER_SHARE = 0.1
+CPD_POINTS = 300  # points of each side CPD iterates on (all 800: 1.6x the refinement time, the same fit)
 
 
 @dataclass
@@ -70,14 +71,30 @@ def align_to_template(points_lps: np.ndarray, template: np.ndarray, source: str)
     Returns (the similarity LPS mm -> unit sphere, (N,) each point's CPD match probability mass).
     The points are first centred and scaled to the template's RMS radius, so CPD starts near.
     """
-    points_lps, template = np.array(points_lps, dtype=np.float64), np.array(template, dtype=np.float64)  # plain arrays for pycpd
+    points_lps, template = np.array(points_lps, dtype=np.float64), np.array(template, dtype=np.float64)  # for pycpd
     centre = points_lps.mean(0)
-    start = np.sqrt((template**2).sum(1).mean() / ((points_lps - centre) ** 2).sum(1).mean())
-    registration = RigidRegistration(X=template, Y=(points_lps - centre) * start, w=OUTLIER_SHARE, max_iterations=150)
-    registration.register()
+    spread = ((points_lps - centre) ** 2).sum(1).mean()
+    failed = InputError(source, "the mask's surface could not be aligned to the template (CPD failed)")
+    if not np.isfinite(spread) or spread <= 1e-12:
+        raise failed
+    start = np.sqrt((template**2).sum(1).mean() / spread)
+    moving = (points_lps - centre) * start
+    # CPD's iterations cost N x M: they run on every k-th point of each; every point's match mass
+    # comes from one last E-step at the found pose.
+    every = max(1, len(moving) // CPD_POINTS), max(1, len(template) // CPD_POINTS)
+    registration = RigidRegistration(X=template[::every[1]], Y=moving[::every[0]], w=OUTLIER_SHARE,
+                                     max_iterations=150)
+    try:
+        registration.register()
+        registration.X, registration.Y, (registration.N, _), (registration.M, _) = (template, moving, template.shape,
+                                                                                    moving.shape)
+        registration.TY = registration.transform_point_cloud(moving)
+        registration.expectation()
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        raise failed from None
     scale, rotation, shift = float(registration.s), np.asarray(registration.R), np.asarray(registration.t)
-    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(rotation))):
-        raise InputError(source, "the mask's surface could not be aligned to the template (CPD failed)")
+    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(rotation)) and np.all(np.isfinite(shift))):
+        raise failed
     # pycpd: TY = s Y R + t (row vectors); Similarity: y = s x R^T + t.
     total = scale * start
     to_unit = Similarity(total, rotation.T, shift - total * centre @ rotation)
@@ -123,7 +140,7 @@ def fit_template_to_mask(model: TemplateModel, prepared: PreparedMask, settings:
         if should_stop is not None and should_stop():
             raise FitCancelled("fit cancelled")
         free = torch.tensor(rng.uniform(-1, 1, (1, settings.free_points, 3)), dtype=torch.float32)
-        terms = template_losses(fitted, alpha[None], beta[None], surface_t, no_known, free, g, trust)
+        terms = template_losses(fitted, alpha[None], beta[None], surface_t, no_known, free, g, trust, FIT_TERMS)
         terms["alpha"], terms["beta"] = alpha.pow(2).mean(), beta.pow(2).mean()
         loss = sum(WEIGHTS[k] * terms[k] for k in FIT_TERMS)
         loss.backward()

@@ -35,10 +35,8 @@ from ..prep.mask_distance import (
 )
 from ..settings import RefineSettings
 from .dals_fit import fit_dals
-from .image_fit import state_record
 from .mask_dals import MaskTask
 from .mask_fusion import fuse_with_mask
-from .mask_implicit import fit_mask_implicit, implicit_mesh
 from .correspondence import transfer_labels
 from .mask_template import TemplateFit, fit_template_to_mask
 from .outcome import Outcome
@@ -108,6 +106,10 @@ def _fit_prior(bundle: ModelBundle, prepared: PreparedMask, settings: RefineSett
         seen = point_weights(result.mesh, boundary_points(prepared))
         uncertainty = shape_posterior(result.mesh, result.pose, shapes, modes, [], seen).uncertainty_mm()
         return PriorFit(result.mesh, result.pose.scale, result.pose.to_dict(), uncertainty)
+    # Here: the implicit route's modules import MONAI's networks (seconds of a template or DALS refinement).
+    from .image_fit import state_record
+    from .mask_implicit import fit_mask_implicit, implicit_mesh
+
     decoder, space = (model.decoder, model.space) if bundle.kind == "dissm" else model
     rotation = np.array(bundle.metadata.get("agent", {}).get("mean_rotation", np.eye(3)), dtype=np.float64)
     state, latent, _ = fit_mask_implicit(decoder, space, prepared, rotation, settings.implicit, progress, should_stop)
@@ -127,20 +129,22 @@ def _size_warning(bundle: ModelBundle, scale: float, source: str) -> str | None:
 def refine_mask(
     mask: sitk.Image, model: str | os.PathLike, source: str | os.PathLike = "mask", all_parts: bool = False,
     settings: RefineSettings = RefineSettings(), progress: Callable[[float, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None, subregions: bool = False,
+    should_stop: Callable[[], bool] | None = None, subregions: bool | None = False,
 ) -> Outcome:
     """Refine a binary mask (uint8 image, any grid) with ``model``; see the module doc.
 
     The outcome's segmentation is on the mask's grid; its vertices carry their signed distance to
     the mask boundary (``DISTANCE_ARRAY``, mm, + outside, NaN outside the image); ``detail`` is the
     model's fit before the fusion (LPS mm). ``subregions``: carry the template's sub-regions onto the
-    segmentation (a template model trained with them)."""
+    segmentation (a template model trained with them; None: when the model has them)."""
     began = time.perf_counter()
     source = str(source)
     bundle = load_bundle(model)
     if bundle.kind not in MESH_KINDS + IMPLICIT_KINDS + TEMPLATE_KINDS:
         raise InputError(bundle.path, f"a {bundle.kind!r} model cannot refine masks (needs a dals, sdf, dissm or "
                                       "template model)")
+    if subregions is None:
+        subregions = "labels.grid" in bundle.tensors
     if subregions and "labels.grid" not in bundle.tensors:
         raise InputError(bundle.path, "has no sub-regions to transfer: this template model was trained without "
                                       "--subregions")

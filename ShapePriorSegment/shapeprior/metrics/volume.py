@@ -54,13 +54,15 @@ def mask_surface(mask: np.ndarray, spacing: tuple[float, float, float]) -> trime
 
 
 def surface_distances_of_masks(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> dict:
-    """Sub-voxel ``hd95_mm`` and ``assd_mm`` between the masks' :func:`mask_surface` surfaces
-    (as :func:`~shapeprior.metrics.surface_metrics` defines them); NaN if either mask is empty."""
+    """Sub-voxel ``hd95_mm``, ``assd_mm`` and ``chamfer_normalised`` (b the reference) between the masks'
+    :func:`mask_surface` surfaces (as :func:`~shapeprior.metrics.surface_metrics` defines them); NaN if
+    either mask is empty."""
+    keys = ("hd95_mm", "assd_mm", "chamfer_normalised")
     a, b = _pair(a, b)
     if not a.any() or not b.any():
-        return {"hd95_mm": float("nan"), "assd_mm": float("nan")}
+        return dict.fromkeys(keys, float("nan"))
     metrics = surface_metrics(mask_surface(a, spacing), mask_surface(b, spacing))
-    return {"hd95_mm": metrics["hd95_mm"], "assd_mm": metrics["assd_mm"]}
+    return {k: metrics[k] for k in keys}
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

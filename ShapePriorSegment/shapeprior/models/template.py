@@ -13,6 +13,7 @@ units, negative inside; ``p + dv`` are the point's template coordinates: dense c
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,7 +198,7 @@ def gradient(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 def template_losses(model: TemplateModel, alpha: torch.Tensor, beta: torch.Tensor, surface: torch.Tensor,
                     known: torch.Tensor, free: torch.Tensor, g: torch.Generator,
-                    trust: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    trust: torch.Tensor | None = None, terms: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """Each loss term (before :data:`WEIGHTS`) for a batch of B shapes.
 
     Args:
@@ -205,6 +206,7 @@ def template_losses(model: TemplateModel, alpha: torch.Tensor, beta: torch.Tenso
         surface: (B, Ns, 6) surface points and unit normals; known: (B, Nk, 4) points and signed
             distances (Nk may be 0); free: (B, Nf, 3) uniform points (signed distance unknown).
         trust: (B, Ns) weights of the surface points in their terms (default all 1).
+        terms: the terms wanted (default all); a fit to a new case skips the training-only ones.
     """
     ns, nk = surface.shape[1], known.shape[1]
     points = torch.cat([surface[..., :3], known[..., :3], free], dim=1).requires_grad_(True)
@@ -213,24 +215,31 @@ def template_losses(model: TemplateModel, alpha: torch.Tensor, beta: torch.Tenso
     template = model.template_sdf(warped)
     sdf = template + correction
     grad = gradient(sdf, points)
-    template_grad = gradient(template[:, :ns], warped)[:, :ns]
     normals = surface[..., 3:]
-    # Smoothness: |J u|^2 for a random unit direction u, by finite differences (E_u = |J|_F^2 / 3).
-    direction = torch.randn(surface[..., :3].shape, generator=g).to(points.device)
-    direction = direction / direction.norm(dim=-1, keepdim=True)
-    shifted, _ = model.deformation(surface[..., :3] + SMOOTH_STEP * direction, alpha, beta)
     trust = torch.ones_like(sdf[:, :ns]) if trust is None else trust
 
     def on_surface(values: torch.Tensor) -> torch.Tensor:
         return (values * trust).sum() / trust.sum()
 
+    def template_normal() -> torch.Tensor:
+        template_grad = gradient(template[:, :ns], warped)[:, :ns]
+        return (1 - torch.nn.functional.cosine_similarity(template_grad, normals, dim=-1)).mean()
+
+    def smooth() -> torch.Tensor:
+        # |J u|^2 for a random unit direction u, by finite differences (E_u = |J|_F^2 / 3).
+        direction = torch.randn(surface[..., :3].shape, generator=g).to(points.device)
+        direction = direction / direction.norm(dim=-1, keepdim=True)
+        shifted, _ = model.deformation(surface[..., :3] + SMOOTH_STEP * direction, alpha, beta)
+        return ((shifted - moved[:, :ns]) / SMOOTH_STEP).pow(2).sum(-1).mean()
+
     known_term = (sdf[:, ns:ns + nk] - known[..., 3]).abs().mean() if nk else sdf.new_zeros(())
-    return {
-        "sdf": on_surface(sdf[:, :ns].abs()) + known_term,
-        "normal": on_surface(1 - torch.nn.functional.cosine_similarity(grad[:, :ns], normals, dim=-1)),
-        "eikonal": (grad.norm(dim=-1) - 1).abs().mean(),
-        "off_surface": torch.exp(-100 * sdf[:, ns + nk:].abs()).mean(),
-        "template_normal": (1 - torch.nn.functional.cosine_similarity(template_grad, normals, dim=-1)).mean(),
-        "smooth": ((shifted - moved[:, :ns]) / SMOOTH_STEP).pow(2).sum(-1).mean(),
-        "correction": correction.abs().mean(),
+    wanted = {
+        "sdf": lambda: on_surface(sdf[:, :ns].abs()) + known_term,
+        "normal": lambda: on_surface(1 - torch.nn.functional.cosine_similarity(grad[:, :ns], normals, dim=-1)),
+        "eikonal": lambda: (grad.norm(dim=-1) - 1).abs().mean(),
+        "off_surface": lambda: torch.exp(-100 * sdf[:, ns + nk:].abs()).mean(),
+        "template_normal": template_normal,
+        "smooth": smooth,
+        "correction": lambda: correction.abs().mean(),
     }
+    return {name: term() for name, term in wanted.items() if terms is None or name in terms}

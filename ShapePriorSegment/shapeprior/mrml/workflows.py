@@ -56,7 +56,8 @@ def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "l
     """:func:`~shapeprior.fit.refine_mask.refine_mask` of a mask read beforehand, in a worker thread."""
     from ..fit.refine_mask import refine_mask
 
-    return BackgroundJob(lambda progress, stop: refine_mask(mask, model, source, progress=progress, should_stop=stop))
+    return BackgroundJob(lambda progress, stop: refine_mask(mask, model, source, progress=progress, should_stop=stop,
+                                                            subregions=None))
 
 
 def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hippocampus",
@@ -98,11 +99,11 @@ def refine_mask_in_scene(scene, node_id: str, model: str | os.PathLike, segment_
                          label: int | None = None, progress: Progress | None = None,
                          should_stop: ShouldStop | None = None, **outputs) -> dict:
     """A mask node (segment or labelmap) refined with the shape prior; the model node is coloured by
-    the signed distance to the mask boundary."""
+    the signed distance to the mask boundary; a template model's sub-regions become segments too."""
     from ..fit.refine_mask import refine_mask
 
     mask, source, _ = read_mask_node(scene, node_id, segment_id, label)
-    outcome = refine_mask(mask, model, source, progress=progress, should_stop=should_stop)
+    outcome = refine_mask(mask, model, source, progress=progress, should_stop=should_stop, subregions=None)
     return add_outcome_to_scene(scene, outcome, **outputs)
 
 

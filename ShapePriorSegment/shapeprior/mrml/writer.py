@@ -23,6 +23,7 @@ from .terminology import terminology_entry
 
 CLOSED_SURFACE = "Closed surface"
 SEGMENT_COLOR = (0.87, 0.55, 0.39)
+PART_COLORS = ((0.35, 0.65, 0.85), (0.95, 0.8, 0.3), (0.55, 0.8, 0.45), (0.8, 0.45, 0.75))  # sub-region segments
 
 
 def _remove_node(scene, node) -> None:
@@ -109,12 +110,13 @@ def show_point_array(model_node, name: str) -> None:
     display.SetVisibility2D(True)  # the surface's outline on the slice views
 
 
-def _add_segment(segmentation_node, poly, name: str, replace: bool) -> tuple[str, Callable[[], None]]:
+def _add_segment(segmentation_node, poly, name: str, replace: bool,
+                 color: tuple[float, float, float] = SEGMENT_COLOR) -> tuple[str, Callable[[], None]]:
     """Add (or with ``replace`` swap in) a closed-surface segment; return its id and an undo."""
     segmentation = segmentation_node.GetSegmentation()
     old_id = segmentation.GetSegmentIdBySegmentName(name) if replace else ""
     if not old_id:
-        segment_id = segmentation_node.AddSegmentFromClosedSurfaceRepresentation(poly, name, SEGMENT_COLOR)
+        segment_id = segmentation_node.AddSegmentFromClosedSurfaceRepresentation(poly, name, color)
         return segment_id, lambda: segmentation.RemoveSegment(segment_id)
     old = segmentation.GetSegment(old_id)
     index = segmentation.GetSegmentIndex(old_id)
@@ -143,6 +145,7 @@ def add_surface_to_scene(
     segment_name: str | None = None,
     replace: bool = False,
     reference_volume_id: str | None = None,
+    parts: dict[str, trimesh.Trimesh] | None = None,
 ) -> dict:
     """Write a surface (LPS mm) as a model node and a closed-surface segment.
 
@@ -152,9 +155,12 @@ def add_surface_to_scene(
     goes to ``segmentation_node_id`` or a new segmentation node whose source representation
     is set to closed surface first (so the surface is kept, not voxelised). It is named
     ``segment_name`` (default: the organ), made unique (``liver 2``) unless ``replace`` is set,
-    in which case a segment of that name is swapped in place. On any error every change is undone.
+    in which case a segment of that name is swapped in place. ``parts`` (name -> closed surface, LPS
+    mm), e.g. a template model's sub-regions, become segments ``<segment name> <part name>`` beside it.
+    On any error every change is undone.
 
-    Returns ``{"model_node_id", "segmentation_node_id", "segment_id", "segment_name", "warnings"}``.
+    Returns ``{"model_node_id", "segmentation_node_id", "segment_id", "segment_name", "part_segment_ids",
+    "warnings"}``.
     """
     reference = _get_node(scene, reference_volume_id, "vtkMRMLVolumeNode", "volume") if reference_volume_id else None
     model_node = _get_node(scene, model_node_id, "vtkMRMLModelNode", "model") if model_node_id else None
@@ -169,6 +175,7 @@ def add_surface_to_scene(
     model_poly = surface_polydata(mesh_lps, distances, normals=True, distance_name=distance_name,
                                   point_data=point_data)
     segment_poly = surface_polydata(mesh_lps)
+    part_polys = {part: surface_polydata(mesh) for part, mesh in (parts or {}).items()}
     warnings: list[str] = []
     undo: list[Callable[[], None]] = []
     scene.StartState(scene.BatchProcessState)
@@ -213,6 +220,12 @@ def add_surface_to_scene(
         entry = terminology_entry(organ)
         if entry:  # Slicer shows the organ's standard name and colour coding for it
             segmentation.GetSegment(segment_id).SetTag("TerminologyEntry", entry)
+        part_ids = []
+        for index, (part, poly) in enumerate(part_polys.items()):
+            part_id, undo_part = _add_segment(segmentation_node, poly, f"{name} {part}", replace,
+                                              PART_COLORS[index % len(PART_COLORS)])
+            undo.append(undo_part)
+            part_ids.append(part_id)
     except BaseException:
         for step in reversed(undo):
             step()
@@ -224,6 +237,7 @@ def add_surface_to_scene(
         "segmentation_node_id": segmentation_node.GetID(),
         "segment_id": segment_id,
         "segment_name": name,
+        "part_segment_ids": part_ids,
         "warnings": warnings,
     }
 
@@ -233,12 +247,19 @@ def add_outcome_to_scene(scene, outcome: Outcome, **outputs) -> dict:
     outcome's first per-vertex array (distance to the annotation, or to a refined mask's boundary)
     and carrying the others (e.g. ``Uncertainty_mm``) as point arrays too.
 
+    A template model's sub-regions (``outcome.subregions``) become segments beside the organ's.
+
     Returns the node ids as :func:`add_surface_to_scene` does, plus ``report``: the outcome's report
     with its warnings followed by the scene's, and the names of the nodes written (``outputs``).
     """
     (name, values), *others = list(outcome.vertex_data.items()) or [(DISTANCE_ARRAY, None)]
+    parts = None
+    if outcome.subregions is not None:
+        from ..fit.correspondence import subregion_surfaces
+
+        parts = subregion_surfaces(outcome.subregions, {int(k): v for k, v in outcome.report["subregions"].items()})
     written = add_surface_to_scene(scene, outcome.mesh, outcome.organ, values, name, point_data=dict(others),
-                                   **outputs)
+                                   parts=parts, **outputs)
     report = {**outcome.report, "warnings": outcome.warnings + written.pop("warnings")}
     report["outputs"] = {
         "model": scene.GetNodeByID(written["model_node_id"]).GetName(),

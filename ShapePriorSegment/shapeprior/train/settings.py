@@ -92,6 +92,10 @@ class UNetTrainSettings:
     include: list[str] = option(["*"], "shape-name pattern to use (repeatable; default all)")
     holdout_every: int = option(5, HOLDOUT_HELP)
     labels: list[int] | None = option(None, "mask labels of the organ, comma-separated (default: the dataset's)")
+    separate_labels: bool = option(False, "one class per label instead of the merged organ (the baseline of "
+                                   "transferred sub-regions)")
+    train_cases: int = option(0, "train on the first N shapes of the training split only (0: all; a weak "
+                              "baseline)", (0, 10**6))
     channels: list[int] = option([16, 32, 64, 128], "U-Net channels per level, comma-separated")
     steps: int = option(1500, "training steps")
     batch: int = option(4, "images per step")

@@ -28,7 +28,10 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
     dataset, out = Path(dataset), Path(out)
     manifest = read_manifest(dataset)
     names, held_out = split_names(select_shapes(manifest, settings.include), settings.holdout_every)
+    names = names[: settings.train_cases or None]
     labels = settings.labels or manifest["settings"].get("labels")
+    # Class i + 1 is labels[i] with separate labels, else 1 is the merged organ.
+    classes = [[label] for label in labels] if settings.separate_labels else [labels]
     run = Run(out, settings, device)
     images, masks = [], []
     for name in tqdm(names, desc="load images", disable=not progress, dynamic_ncols=True):
@@ -36,11 +39,14 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
         image = read_image(entry["image"])
         reference = centred_grid(image, FINE_GRID)
         images.append(resample_to(normalised(image), reference))
-        masks.append(resample_to(read_mask(entry["source"], labels), reference, nearest=True))
+        label = read_mask(entry["source"], classes[0])
+        for i, labels_i in enumerate(classes[1:], 2):
+            label += read_mask(entry["source"], labels_i) * i
+        masks.append(resample_to(label, reference, nearest=True))
     images_t = torch.tensor(np.stack(images))[:, None].to(run.device)
     masks_t = torch.tensor(np.stack(masks))[:, None].long().to(run.device)
 
-    net = build_unet(settings.channels).to(run.device)
+    net = build_unet(settings.channels, len(classes)).to(run.device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
@@ -61,8 +67,10 @@ def train_unet(dataset: str | Path, out: str | Path, settings: UNetTrainSettings
         "organ": manifest.get("organ", "organ"),
         "units": "mm",
         "frame": f"input resampled to a {FINE_GRID.size} grid at {FINE_GRID.spacing_mm} mm centred on the image",
-        "config": {"channels": settings.channels, "grid": FINE_GRID.to_dict()},
-        "training": {**run.record(command), "labels": labels, "shapes": names, "held_out": held_out},
+        "config": {"channels": settings.channels, "classes": len(classes), "grid": FINE_GRID.to_dict()},
+        "training": {**run.record(command), "labels": labels, "separate_labels": settings.separate_labels,
+                     "shapes": names, "held_out": held_out},
     }
     save_bundle(out, "unet", metadata, {f"net.{k}": v for k, v in net.state_dict().items()})
     return out
+
