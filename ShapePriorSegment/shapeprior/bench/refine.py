@@ -118,12 +118,13 @@ def _jobs(hippocampus_data, unets: dict[str, str | None], liver_meshes, models: 
 
 def _refined_row(setting, case, method, model, mask, truth, settings, labels=None) -> dict:
     """Refine ``mask`` with ``model`` and score it; with ``labels`` (true, U-Net) also the sub-regions."""
-    subregions = labels is not None and labels[0] is not None and "labels.grid" in load_bundle(model).tensors
+    with_labels = labels is not None and labels[0] is not None
     start = time.perf_counter()
-    refined = refine_mask(mask, model, f"{case} ({setting})", settings=settings, subregions=subregions)
+    refined = refine_mask(mask, model, f"{case} ({setting})", settings=settings,
+                          subregions=None if with_labels else False)  # None: when the model has them
     row = {"setting": setting, "case": case, "method": method, "seconds": time.perf_counter() - start,
            "prior_parts": len(refined.detail.split(only_watertight=False)), **mask_metrics(refined.labelmap, truth, True)}
-    if subregions:
+    if refined.subregions is not None:
         transferred = sitk.GetArrayViewFromImage(refined.subregions)
         row["label_dice"] = {str(c[0]): dice(transferred == c[0], sitk.GetArrayViewFromImage(t) > 0)
                              for c, t in labels[0].items()}

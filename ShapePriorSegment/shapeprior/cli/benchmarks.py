@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..settings import FitSettings
-from .options import add_settings, number, settings_from
+from .options import value_type, add_settings, number, settings_from
 
 COUNT = number(int, (0, 100_000))
 MESH_FRAME_HELP = "frame of the surface files (OBJ has none; the shared liver meshes are RAS; default LPS)"
@@ -67,7 +67,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--merge", action="append", default=[], metavar="JSON",
                    help="summarise earlier runs' --out files together instead of running (repeatable; e.g. runs "
                    "of different --inputs side by side)")
-    r.add_argument("--keep-shares", default="", help="kept shares tried with the last hippocampus template model "
+    r.add_argument("--keep-shares", type=value_type("list[float]", (0.01, 1.0), None), default=[],
+                   help="kept shares tried with the last hippocampus template model "
                    "in the ablations, comma-separated (e.g. 1,0.5,0.25)")
     r.add_argument("--liver-meshes", help="folder of liver surfaces (held-out LiTS-*, 3Dircadb-* are voxelised at 2 mm)")
     r.add_argument("--mesh-frame", choices=("LPS", "RAS"), default="LPS", help=MESH_FRAME_HELP)
@@ -155,19 +156,13 @@ def measure_refine(args: argparse.Namespace) -> tuple[dict, str]:
         return result, summarise(result) + (_ct_line(result["ct_example"]) if "ct_example" in result else "")
     if not (args.data or args.liver_meshes or args.ct_example):
         raise InputError(None, "nothing to benchmark: give --data, --liver-meshes and/or --ct-example")
-    try:
-        shares = tuple(float(v) for v in args.keep_shares.split(",") if v.strip())
-    except ValueError:
-        raise InputError(None, f"--keep-shares: expected numbers such as 1,0.5,0.25, got {args.keep_shares!r}")
-    if any(not 0 < v <= 1 for v in shares):
-        raise InputError(None, "--keep-shares: each share must be in (0, 1]")
     inputs = {v.strip() for v in args.inputs.split(",") if v.strip()} or None
     unknown = (inputs or set()) - {"U-Net", "weak U-Net", *FAILURES}
     if unknown:
         raise InputError(None, f"--inputs: unknown input(s) {', '.join(sorted(unknown))}")
     models = Methods(**{k: dict(v) for k, v in (("hippocampus", args.hippocampus_model),
                                                   ("liver", args.liver_model)) if v},
-                     ablations=dict(args.ablation), keep_shares=shares)
+                     ablations=dict(args.ablation), keep_shares=tuple(args.keep_shares))
     result = run_benchmark(args.data, {"U-Net": args.unet, "weak U-Net": args.weak_unet}, args.liver_meshes,
                            models, inputs, limit=args.limit or None, liver_limit=args.liver_limit,
                            progress=not args.quiet, mesh_frame=args.mesh_frame)

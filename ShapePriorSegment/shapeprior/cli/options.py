@@ -37,13 +37,13 @@ def number(kind: type, bounds: tuple | None = None) -> Callable[[str], object]:
     return parse
 
 
-def _value_type(annotation: str, bounds: tuple | None, count: int | None) -> Callable[[str], object]:
+def value_type(annotation: str, bounds: tuple | None, count: int | None) -> Callable[[str], object]:
     """Parser of one option's text from its field's annotation: ``int``, ``float``, ``str`` or
     ``list[int]``/``list[float]`` (comma-separated, ``count`` values if given), each maybe ``| None``."""
     base = annotation.removesuffix(" | None")
     if not base.startswith("list["):
         return number(int if base == "int" else float, bounds) if base in ("int", "float") else str
-    item, noun = _value_type(base[5:-1], bounds, None), {"list[int]": "integers", "list[float]": "numbers"}[base]
+    item, noun = value_type(base[5:-1], bounds, None), {"list[int]": "integers", "list[float]": "numbers"}[base]
 
     def parse_list(text: str) -> list:
         try:
@@ -81,7 +81,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, base: object | None
         elif annotation.startswith("list[str]"):
             parser.add_argument(flag, dest=f.name, action="append", default=None, help=text)
         else:
-            kind = _value_type(annotation, f.metadata.get("range"), f.metadata.get("count"))
+            kind = value_type(annotation, f.metadata.get("range"), f.metadata.get("count"))
             metavar = None if "choices" in f.metadata else METAVARS.get(annotation.removesuffix(" | None"), "TEXT")
             parser.add_argument(flag, dest=f.name, type=kind, choices=f.metadata.get("choices"), default=None,
                                 metavar=metavar, help=text)
