@@ -300,6 +300,9 @@ def test_benchmark_refine_runs_every_input_method_ablation_and_the_label_transfe
     assert [r["method"] for r in ablations] == ["same", "kept share 100%"]
     assert all(r["setting"] == "hippocampus weak U-Net" for r in ablations)
     assert result["template_parts"]["ReShapeIT"] >= 1 and all(r["prior_parts"] >= 1 for r in ablations)
+    split = sum(r["prior_parts"] > 1 for r in rows if r["method"] == "ReShapeIT")  # the ablations' fits not counted
+    assert (f"ReShapeIT: template {result['template_parts']['ReShapeIT']} part" in table
+            and f"{split} of {len(inputs)} fits with more than one" in table)
     transfer = [r for r in rows if "label_dice" in r]
     assert [r["method"] for r in transfer] == ["mask", "ReShapeIT"]  # the U-Net's own labels, the transferred ones
     assert all(set(r["label_dice"]) == {"1", "2"} and 0 <= min(r["label_dice"].values()) <= 1 for r in transfer)

@@ -209,6 +209,14 @@ def summarise(result: dict) -> str:
             lines.append(_medians_row(setting, method, rows))
     lines += ["", f"Medians over the cases; CD: normalised Chamfer distance (squared, true organ's bounding sphere "
               f"of radius 1). Peak memory of the benchmark process {result['peak_rss_mb']:.0f} MB.", ""]
+    # The template constraint's target: spurious components, in the decoded template and in the fits
+    # (template_parts holds the hippocampus models; a liver method may share a name).
+    spurious = [f"{method}: template {parts} part{'s' * (parts != 1)}, "
+                f"{sum(r['prior_parts'] > 1 for r in fits)} of {len(fits)} fits with more than one"
+                for method, parts in result.get("template_parts", {}).items()
+                if (fits := [r for r in rows if r["method"] == method and r["setting"].startswith("hippocampus")])]
+    if spurious:
+        lines += ["Template models (connected parts, decoded at 64^3): " + "; ".join(spurious) + ".", ""]
     ablation = [r for r in result["rows"] if r.get("ablation")]
     if ablation:
         lines += [f"Ablations on the {result['ablation_input']} masks:", "",

@@ -54,7 +54,7 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
     Slicer cannot read), is written before the others; each file is written atomically, so a
     failure leaves no partial set. ``volume_path``: the image shown in the scene bundle.
     """
-    from ..io import write_json, write_mesh
+    from ..io import write_json
     from ..io.labelmaps import mesh_to_labelmap, write_labelmap
 
     labelmap = outcome.labelmap
@@ -67,6 +67,8 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
 
         write_scene_bundle(args.out_scene, outcome, volume_path)
     if args.out_model:
+        from ..io import write_mesh  # VTK: 0.4 s of a command that writes no surface
+
         write_mesh(outcome.mesh, args.out_model, point_data=outcome.vertex_data or None)
     if args.out_seg:
         write_labelmap(labelmap, args.out_seg, name=outcome.organ)
