@@ -246,3 +246,10 @@ def test_benchmark_summary_medians_and_per_case_counts():
     # HD95 lower in a and c, higher in none; surface HD95 lower in a and c, higher in b;
     # Dice higher in a and c, lower in b; worst Dice 0.75 after vs 0.70 before; slowest 5 s.
     assert "| toy | refined | 2 / 0 | 2 / 1 | 2 / 1 | 0.750 vs 0.700 | 5.0 |" in lines
+    assert not any(line.startswith("Template models") for line in lines)  # no template_parts (older files)
+    # Parts: only the hippocampus rows of a template model count (a liver model may share its name).
+    split = [{**r, "setting": f"hippocampus {r['setting']}", "prior_parts": 1 + (r["case"] == "c")} for r in rows]
+    liver = [{**r, "setting": "liver toy", "prior_parts": 3} for r in rows]
+    lines = summarise({"rows": split + liver, "peak_rss_mb": 1.0, "template_parts": {"refined": 1, "other": 2}})
+    assert "Template models (connected parts, decoded at 64^3): refined: template 1 part, 1 of 3 fits" in lines
+    assert "other:" not in lines  # a model with no rows of its own (an ablation) is left out
