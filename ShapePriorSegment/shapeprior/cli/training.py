@@ -57,6 +57,23 @@ TRAINERS = {
         {"dataset": "folder made by `shapeprior prepare` (with SDF samples)", "out": BUNDLE_OUT},
         "TemplateTrainSettings", "template:train_template",
     ),
+    "train-pdm": (
+        "build a point distribution model (corresponding points + PCA) from a prepared dataset with images",
+        "Put the training shapes in correspondence (non-rigid CPD from the reference shape, then from the mean), "
+        "register each image rigidly onto the reference crop, carry the points into its frame and keep the "
+        "principal modes: the shape model of DeepSSM and of shape studies.",
+        {"dataset": "folder made by `shapeprior prepare --images`", "out": "model bundle to write (.pt)"},
+        "PDMTrainSettings", "pdm:train_pdm",
+    ),
+    "train-deepssm": (
+        "train DeepSSM: an image -> the loadings of a point distribution model, in one forward pass",
+        "Register the shape model's training images onto its reference crop, add images of new shapes (kernel "
+        "density estimate of the loadings, thin-plate-spline warps of the nearest training image) and train the "
+        "paper's 3D CNN with a frozen PCA layer on the corresponding points. Resumable.",
+        {"pdm": "model from `shapeprior train-pdm` (.pt)", "dataset": "the dataset folder it was built on",
+         "out": BUNDLE_OUT},
+        "DeepSSMTrainSettings", "deepssm:train_deepssm",
+    ),
 }
 
 

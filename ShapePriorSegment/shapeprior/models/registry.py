@@ -20,6 +20,8 @@ BUILDERS = {
     "dissm": ("shapeprior.models.dissm", "DISSMModel.from_bundle"),  # DISSMModel
     "unet": ("shapeprior.models.unet", "unet_from_bundle"),  # MONAI UNet
     "template": ("shapeprior.models.template", "TemplateModel.from_bundle"),  # TemplateModel
+    "pdm": ("shapeprior.models.pdm", "PointDistributionModel.from_bundle"),  # PointDistributionModel
+    "deepssm": ("shapeprior.models.deepssm", "DeepSSMModel.from_bundle"),  # DeepSSMModel
 }
 
 

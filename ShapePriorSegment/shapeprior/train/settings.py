@@ -131,3 +131,33 @@ class TemplateTrainSettings:
     subregions: str = option("", "sub-regions to carry onto the template from the labels of the source masks, "
                              "e.g. 1:anterior,2:posterior (empty: none)")
     seed: int = option(0, SEED_HELP, (0, 2**31 - 1))
+
+
+@dataclass
+class PDMTrainSettings:
+    """Settings of ``shapeprior train-pdm``."""
+
+    include: list[str] = option(["*"], "shape-name pattern to use (repeatable; default all)")
+    holdout_every: int = option(5, HOLDOUT_HELP)
+    organ: str = option("organ", "organ name stored in the model")
+    points: int = option(1024, "corresponding points per shape (vertices of the decimated template)", (64, 20000))
+    rounds: int = option(2, "correspondence rounds: the first to the reference shape, each next one to the mean of "
+                         "the last", (1, 10))
+    variance: float = option(0.95, "explained variance the PCA keeps", (0.0, 1.0))
+    workers: int = option(2, "processes that put shapes in correspondence", (1, 64))
+    seed: int = option(0, SEED_HELP, (0, 2**31 - 1))
+
+
+@dataclass
+class DeepSSMTrainSettings:
+    """Settings of ``shapeprior train-deepssm``."""
+
+    channels: list[int] = option([12, 24, 48, 96, 192], "channels of the five convolutions, comma-separated", count=5)
+    augment: int = option(1200, "new shapes sampled from a kernel density estimate of the loadings, each with "
+                          "its image warped (thin-plate spline) from the nearest training image", (0, 100_000))
+    validation_every: int = option(10, "keep every n-th training image out of training to validate (0: none)",
+                                   (0, 10**6))
+    steps: int = option(800, "training steps")
+    batch: int = option(8, "images per step", (1, 4096))
+    lr: float = option(1e-3, "learning rate (cosine decay)")
+    seed: int = option(0, SEED_HELP, (0, 2**31 - 1))
