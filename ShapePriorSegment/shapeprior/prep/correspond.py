@@ -12,8 +12,7 @@ import numpy as np
 import trimesh
 from pycpd import DeformableRegistration
 
-from ..transform import Similarity
-from .align import align_to_anchor, surface_points
+from .align import surface_points
 
 CPD_POINTS = 1000  # shape surface points CPD sees
 # pycpd alpha (fit against smooth motion) and beta (width of the motion's kernel, unit-sphere units):
@@ -40,11 +39,3 @@ def correspond(shape: trimesh.Trimesh, template: np.ndarray, seed: int = 0) -> n
                                       beta=CPD_WIDTH, max_iterations=100, tolerance=1e-5).register()
     return snap_to_surface(moved, shape)
 
-
-def correspond_new(shape_mm: trimesh.Trimesh, template: trimesh.Trimesh, seed: int = 0) -> np.ndarray:
-    """(P, 3) points on a new surface (its frame, mm) corresponding to the unit-sphere ``template``'s
-    vertices: the surface is first brought onto the template by a similarity (CPD, then ICP), as the
-    training shapes were when the dataset was prepared."""
-    to_unit: Similarity = align_to_anchor(shape_mm, template, seed=seed)
-    unit = trimesh.Trimesh(to_unit.apply(np.asarray(shape_mm.vertices)), shape_mm.faces, process=False)
-    return to_unit.inverse().apply(correspond(unit, np.asarray(template.vertices), seed))

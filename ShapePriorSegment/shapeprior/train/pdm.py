@@ -47,22 +47,14 @@ def corresponding_points(paths: list[Path], template: np.ndarray, workers: int, 
                          progress: bool) -> np.ndarray:
     """(N, P, 3) unit-sphere points on each shape of ``paths`` corresponding to ``template`` (P, 3)."""
     jobs = [(str(p), template, seed) for p in paths]
-    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        found = list(tqdm(pool.map(_correspond_one, jobs), total=len(jobs), desc=desc, unit="shape",
-                          disable=not progress, dynamic_ncols=True))
-    return np.stack(found)
 
+    def shown(found):
+        return list(tqdm(found, total=len(jobs), desc=desc, unit="shape", disable=not progress, dynamic_ncols=True))
 
-class _Serial:
-    """``map`` in this process (one worker: no process start-up, simpler tracebacks)."""
-
-    def __enter__(self) -> "_Serial":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    map = staticmethod(map)
+    if workers == 1:  # in this process: no start-up, plain tracebacks
+        return np.stack(shown(map(_correspond_one, jobs)))
+    with ProcessPoolExecutor(workers) as pool:
+        return np.stack(shown(pool.map(_correspond_one, jobs)))
 
 
 def train_pdm(dataset: str | Path, out: str | Path, settings: PDMTrainSettings, command: str = "",
