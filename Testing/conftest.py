@@ -234,3 +234,20 @@ def image_dataset(tmp_path_factory, helpers):
     torch.set_num_threads(threads)
     return {"data": data, "sdf": sdf, "sdf_args": TINY_SDF, "dissm": dissm, "refined": refined, "unet": unet, "images": images,
             "root": root}
+
+
+@pytest.fixture(scope="session")
+def deepssm(image_dataset, tmp_path_factory):
+    """(pdm.pt, deepssm.pt) trained in seconds on the image dataset's 8 training cases."""
+    from shapeprior.cli import main
+
+    root = tmp_path_factory.mktemp("deepssm")
+    pdm, net = root / "pdm.pt", root / "deepssm.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert main(["-q", "train-pdm", str(image_dataset["data"]), str(pdm), "--organ", "blob", "--points", "64",
+                 "--rounds", "1", "--workers", "1"]) == 0
+    assert main(["-q", "train-deepssm", str(pdm), str(image_dataset["data"]), str(net), "--channels", "2,2,2,2,2",
+                 "--augment", "4", "--steps", "2", "--batch", "2", "--validation-every", "0"]) == 0
+    torch.set_num_threads(threads)
+    return pdm, net

@@ -152,8 +152,10 @@ def test_logic_refines_a_cnn_mask_in_the_background_and_its_cancel(image_dataset
     assert job.cancelled and scene.GetNumberOfNodes() == before
 
 
-def test_logic_picks_a_model_of_the_kind_each_mode_needs(tiny_model, image_dataset):
+def test_logic_picks_a_model_of_the_kind_each_mode_needs(tiny_model, image_dataset, deepssm):
     logic = ShapePriorSegmentLogic(new_scene())
+    assert logic.modelForMode(str(deepssm[1]), "image") == str(deepssm[1])  # DeepSSM: the fast image model
+    assert logic.modelForMode(str(deepssm[1]), "curves") == "liver"
     assert logic.modelForMode(str(tiny_model), "curves") == str(tiny_model)
     assert logic.modelForMode(str(tiny_model), "image") == "hippocampus"
     assert logic.modelForMode(str(image_dataset["dissm"]), "image") == str(image_dataset["dissm"])

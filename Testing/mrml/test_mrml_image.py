@@ -1,4 +1,4 @@
-"""DISSM image fit through the MRML bridge: volume node in, model and segment nodes out (RAS), same as the core."""
+"""DISSM and DeepSSM image fits through the MRML bridge: volume node in, model and segment nodes out (RAS), same as the core."""
 
 from __future__ import annotations
 
@@ -46,3 +46,15 @@ def test_image_node_with_nan_is_refused_and_nothing_is_added(scene, image_datase
     with pytest.raises(InputError, match="NaN"):
         fit_image_in_scene(scene, volume_id, image_dataset["refined"])
     assert mrml.node_ids(scene) == before
+
+
+def test_deepssm_image_fit_through_the_bridge_and_the_logic_mode(scene, image_dataset, deepssm, mrml):
+    from shapeprior.fit.deepssm_fit import fit_image_deepssm
+    from shapeprior.mrml import add_volume_node, fit_image_in_scene, polydata_to_mesh
+
+    image = sitk.ReadImage(str(image_dataset["images"] / "case_03.nii.gz"))
+    volume_id = add_volume_node(scene, image, "T1")
+    out = fit_image_in_scene(scene, volume_id, deepssm[1])
+    assert out["report"]["method"] == "deepssm" and len(out["report"]["loadings"]) >= 1
+    mesh_lps = polydata_to_mesh(scene.GetNodeByID(out["model_node_id"]).GetPolyData())
+    assert np.allclose(mesh_lps.vertices, fit_image_deepssm(image, deepssm[1]).mesh.vertices, atol=1e-3)

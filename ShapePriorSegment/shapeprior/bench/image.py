@@ -1,4 +1,5 @@
-"""``shapeprior benchmark image``: DISSM image fitting per stage against a plain 3D U-Net.
+"""``shapeprior benchmark image``: DISSM image fitting per stage against a plain 3D U-Net, and with a
+DeepSSM model the shape-model methods of :mod:`.shape_model`.
 
 On the held-out images of the model's dataset split, each stage's shape (the mean
 shape under the translation / scale / rotation poses, then the deformed shape) is
@@ -19,12 +20,13 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..fit.image_fit import fit_image, state_from_record, state_mesh
-from ..io import read_image, read_mask
+from ..io import read_image, read_mask, read_mesh
 from ..io.labelmaps import mesh_to_labelmap
 from ..metrics import assd_voxel, dice, hd95_voxel, surface_distances_of_masks
 from ..models.registry import load_model
 from ..models.unet import segment
 from ..train.common import read_manifest
+from .shape_model import command_seconds, correlations, deepssm_rows
 
 
 def mask_metrics(pred: sitk.Image, truth: sitk.Image, surface: bool = False) -> dict:
@@ -52,10 +54,17 @@ def held_out_cases(dataset: Path, names: list[str], limit: int | None) -> list[t
 
 
 def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, deepssm: str | None = None) -> dict:
     bundle, dissm = load_model(model, kind="dissm")
     net = load_model(unet, kind="unet")[1] if unet else None
-    cases = held_out_cases(Path(dataset), bundle.metadata["sdf_training"]["held_out"], limit)
+    held_out = bundle.metadata["sdf_training"]["held_out"]
+    cases = held_out_cases(Path(dataset), held_out, limit)
+    if deepssm:
+        shapes = load_model(deepssm, kind="deepssm")
+        if sorted(shapes[0].metadata["pdm"]["held_out"]) != sorted(held_out):
+            raise InputError(deepssm, f"was not trained on the same split as {model}")
+        manifest = read_manifest(Path(dataset))
+        anchor = read_mesh(Path(dataset) / manifest["shapes"][manifest["anchor"]]["surface"])
     rows = []
     for name, image_path, mask_path, labels in tqdm(cases, desc="benchmark", disable=not progress,
                                                      dynamic_ncols=True):
@@ -77,8 +86,18 @@ def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int 
                 pred = segment(net, image)
             rows.append({"case": name, "method": "3D U-Net", "seconds": time.perf_counter() - start,
                          **mask_metrics(pred, truth)})
+        if deepssm:
+            case = {"image": image, "mask": truth, "path": image_path,
+                    "surface": read_mesh(Path(dataset) / manifest["shapes"][name]["surface"])}
+            rows += [{"case": name, **row} for row in deepssm_rows(
+                case, shapes, (bundle, dissm), net, anchor, manifest["settings"]["align_points"], mask_metrics)]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"cases": [c[0] for c in cases], "rows": rows, "peak_rss_mb": peak_mb}
+    result = {"cases": [c[0] for c in cases], "rows": rows, "peak_rss_mb": peak_mb}
+    if deepssm:
+        result["correlations"] = {m: correlations(rows, m) for m in ("DeepSSM", "U-Net -> CPD -> projection")
+                                  if any(r["method"] == m for r in rows)}
+        result["deepssm_command_seconds"] = command_seconds(deepssm, [c[1] for c in cases[:5]])
+    return result
 
 
 def summarise(result: dict) -> str:
@@ -95,7 +114,31 @@ def summarise(result: dict) -> str:
         times = [r["seconds"] for r in rows if r["seconds"] is not None]
         cells.append(f"{np.median(times):.2f}" if times else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if "correlations" in result:
+        lines += ["", shape_table(result)]
     lines.append("")
     lines.append(f"{len(result['cases'])} held-out images; peak memory of the benchmark process "
                  f"{result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def shape_table(result: dict) -> str:
+    """Markdown table of the shape-model methods: surface distance and correspondence RMSE (median [IQR]),
+    the correlation of the first modes' loadings and of the Mahalanobis distance with the truth, and the
+    whole command's time with DeepSSM."""
+    lines = ["| method | surface distance mm | correspondence RMSE mm | loadings r (modes 1-5) | Mahalanobis r |",
+             "|---|---|---|---|---|"]
+    for m in dict.fromkeys(r["method"] for r in result["rows"] if "surface_mm" in r):
+        rows = [r for r in result["rows"] if r["method"] == m]
+        cells = []
+        for key in ("surface_mm", "correspondence_rmse_mm"):
+            values = [r[key] for r in rows if key in r]
+            q1, med, q3 = np.percentile(values, [25, 50, 75]) if values else (np.nan,) * 3
+            cells.append(f"{med:.3g} [{q1:.3g}-{q3:.3g}]" if values else "")
+        r = result["correlations"].get(m)
+        cells += [", ".join(f"{v:.2f}" for v in r["loadings_r"]), f"{r['mahalanobis_r']:.2f}"] if r else ["", ""]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    times = result["deepssm_command_seconds"]
+    lines += ["", f"`shapeprior fit-image IMAGE --model ... --out-seg ...` with DeepSSM, the whole process "
+              f"(model loading included): median {np.median(times):.2f} s over {len(times)} images"]
     return "\n".join(lines)

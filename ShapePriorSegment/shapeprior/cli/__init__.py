@@ -34,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmarks, fitting, training
+    from . import benchmarks, fitting, shapes, training
 
     parser = Parser(prog="shapeprior", description="Deep statistical shape priors for organ delineation.")
     parser.add_argument("--version", action="version", version=f"shapeprior {__version__}")
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     training.add(sub)
     fitting.add(sub)
+    shapes.add(sub)
     benchmarks.add(sub)
     return parser
 

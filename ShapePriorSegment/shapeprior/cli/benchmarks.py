@@ -43,6 +43,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--data", required=True, help="the dataset folder the model was trained on")
     i.add_argument("--model", default="hippocampus", help="dissm model (default: hippocampus)")
     i.add_argument("--unet", help="U-Net bundle from `shapeprior train-unet` (the baseline)")
+    i.add_argument("--deepssm", help="deepssm model (e.g. hippocampus-deepssm): also DeepSSM, the PCA projection of "
+                   "the true correspondences, the mean shape, U-Net -> CPD -> projection (with --unet) and DISSM "
+                   "started from DeepSSM")
     i.add_argument("--limit", type=COUNT, default=0, help="first N held-out cases (0: all)")
     i.set_defaults(run=_benchmark(measure_image))
     r = kinds.add_parser(
@@ -143,7 +146,8 @@ def _named(text: str) -> tuple[str, str]:
 def measure_image(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.image import run_benchmark, summarise
 
-    result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet)
+    result = run_benchmark(args.data, args.model, args.unet, limit=args.limit or None, progress=not args.quiet,
+                           deepssm=args.deepssm)
     return result, summarise(result)
 
 

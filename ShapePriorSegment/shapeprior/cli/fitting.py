@@ -77,19 +77,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_fit_points)
 
     p = sub.add_parser(
-        "fit-image", help="image -> organ surface and segmentation with an implicit shape model and its pose agent (DISSM)",
-        description="Fit a DISSM model straight to an image: the learned agent places, scales, rotates and then "
-        "deforms the shape model (translation -> scale -> rotation -> shape), then refines it.",
+        "fit-image", help="image -> organ surface and segmentation with an implicit shape model and its pose agent "
+        "(DISSM) or in one network pass (DeepSSM)",
+        description="Fit a shape model straight to an image. A DISSM model (default): the learned agent places, "
+        "scales, rotates and then deforms the shape model (translation -> scale -> rotation -> shape), then refines "
+        "it. A DeepSSM model (e.g. hippocampus-deepssm): one network pass predicts the shape's PCA loadings and "
+        "its corresponding points, in well under a second.",
     )
     p.add_argument("input", help="image (.nii.gz, .nrrd, .mha)")
     p.add_argument("--model", default="hippocampus", help="shipped model name or a .pt bundle (default: hippocampus)")
-    p.add_argument("--stages", help=f"stages to run, in order, to stop early for QA (default: all the model has: "
-                   f"{STAGES_HELP})")
+    p.add_argument("--stages", help=f"DISSM: stages to run, in order, to stop early for QA (default: all the model "
+                   f"has: {STAGES_HELP})")
     p.add_argument("--steps", type=number(int, (1, 1000)),
-                   help="agent steps per stage (default: the model's)")
+                   help="DISSM: agent steps per stage (default: the model's)")
     add_outputs(p, {"--out-model": MODEL_OUTPUT, "--out-seg": "segmentation on the image grid (.nii.gz, .nrrd or "
                     ".seg.nrrd)", "--report": "JSON report: pose and loadings per stage, time",
-                    "--out-scene": SCENE_OUTPUT + ": image, model, segmentation"})
+                    "--out-scene": SCENE_OUTPUT + ": image, model, segmentation",
+                    "--out-loadings": "DeepSSM: the shape's PCA loadings (whitened), Mahalanobis distance to the "
+                    "training population and volume, one row (.csv, as describe writes)",
+                    "--out-points": "DeepSSM: the corresponding points, LPS mm (.csv rows index,L,P,S, or a Slicer "
+                    "point list .mrk.json)"})
     p.set_defaults(run=run_fit_image)
 
     p = sub.add_parser(
@@ -243,16 +250,23 @@ def _stages(args: argparse.Namespace) -> list[str]:
 
 def run_fit_image(args: argparse.Namespace) -> int:
     from ..io import read_image
+    from ..models.bundle import read_header
 
     check_outputs(args)
     check_input(args.input)
-    stages = _stages(args)
+    kind = read_header(args.model).kind
+    if kind not in ("dissm", "deepssm"):
+        raise InputError(args.model, f"a {kind!r} model: fit-image needs a dissm or deepssm model")
+    flags = given(args, "out_loadings", "out_points") if kind == "dissm" else given(args, "stages", "steps")
+    if flags:
+        raise InputError(None, f"{' and '.join(flags)}: not for {kind} models ({args.model} is one)")
+    stages = _stages(args) if kind == "dissm" else None
     image = read_image(args.input)
-    from ..fit.image_fit import fit_image
+    from ..fit.deepssm_fit import fit_image_by_kind
     from .output import fit_and_write
 
-    return fit_and_write(args, lambda progress: fit_image(image, args.model, stages, args.steps, source=args.input,
-                                                          progress=progress),
+    return fit_and_write(args, lambda progress: fit_image_by_kind(image, args.model, stages, args.input, progress,
+                                                                  steps=args.steps),
                          volume_path=args.input)
 
 

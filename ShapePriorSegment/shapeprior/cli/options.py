@@ -145,7 +145,8 @@ def has_slicer_core() -> bool:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """At least one output, each with a known extension, writable, and new unless ``--overwrite``."""
-    outputs = {name: getattr(args, name, None) for name in ("out_model", "out_seg", "report", "out_scene", "out_labels")}
+    outputs = {name: getattr(args, name, None)
+               for name in ("out_model", "out_seg", "report", "out_scene", "out_labels", "out_loadings", "out_points")}
     paths = [p for p in outputs.values() if p]
     if not paths:
         raise InputError(None, "nothing to write: give --out-model, --out-seg, --report and/or --out-scene")
@@ -159,6 +160,10 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise InputError(labelmap, "unsupported labelmap format (expected .nii.gz, .nii, .nrrd, .seg.nrrd or .mha)")
     if outputs["report"] and not outputs["report"].lower().endswith(".json"):
         raise InputError(outputs["report"], "a report is JSON: end it in .json")
+    if outputs["out_loadings"] and not outputs["out_loadings"].lower().endswith(".csv"):
+        raise InputError(outputs["out_loadings"], "the loadings are a table: end it in .csv")
+    if outputs["out_points"] and not outputs["out_points"].lower().endswith((".csv", ".mrk.json")):
+        raise InputError(outputs["out_points"], "points are a table (.csv) or a Slicer point list (.mrk.json)")
     if outputs["out_scene"]:
         if not outputs["out_scene"].lower().endswith(".mrb"):
             raise InputError(outputs["out_scene"], "a scene bundle must end in .mrb")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
@@ -46,8 +47,8 @@ def fit_and_write(args: argparse.Namespace, fit: Callable[[Callable[[float, str]
 
 def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Image | None = None,
                   volume_path: str | None = None) -> None:
-    """Write the outputs asked for (``--out-model``, ``--out-seg``, ``--report``, ``--out-scene``), print the
-    warnings and the summary.
+    """Write the outputs asked for (``--out-model``, ``--out-seg``, ``--report``, ``--out-scene``, and for a
+    point distribution model's fit ``--out-loadings`` and ``--out-points``), print the warnings and the summary.
 
     The segmentation is the outcome's, or the surface voxelised on ``reference``'s grid. Everything is
     computed first, and the scene bundle, the one output that can still fail on its input (an image
@@ -75,8 +76,28 @@ def write_outcome(args: argparse.Namespace, outcome: Outcome, reference: sitk.Im
     if getattr(args, "out_labels", None):
         names = {int(k): v for k, v in outcome.report["subregions"].items()}
         write_labelmap(outcome.subregions, args.out_labels, name=outcome.organ, names=names)
+    if getattr(args, "out_loadings", None):
+        from ..io.tables import write_shape_table
+
+        report = outcome.report
+        write_shape_table(args.out_loadings, [report["input"]], np.array(report["loadings"]),
+                          np.array([report["mahalanobis"]]), np.array([report["volume_ml"]]))
+    if getattr(args, "out_points", None):
+        _write_points(outcome, args.out_points)
     if args.report:
         write_json(outcome.report, args.report)
     for warning in outcome.warnings:
         print(f"shapeprior: warning: {warning}", file=sys.stderr)
     print(outcome.summary)
+
+
+def _write_points(outcome: Outcome, path: str) -> None:
+    """The outcome's corresponding points (LPS mm) as a .csv table or a Slicer point list."""
+    if path.lower().endswith(".csv"):
+        from ..io.tables import write_point_table
+
+        write_point_table(path, outcome.points)
+    else:
+        from ..io.markups import write_point_list
+
+        write_point_list(outcome.points, path, f"{outcome.organ} correspondences")

@@ -57,10 +57,11 @@ def state_from_record(record: dict) -> PoseState:
                        for k in ("translation_mm", "scale_mm_per_unit", "rotation", "loadings")))
 
 
-def intensity_warning(model: DISSMModel, image: sitk.Image, source: str) -> str | None:
-    """A message when the image's intensities lie far outside those of the training images."""
+def intensity_warning(spread_range: list[float], image: sitk.Image, source: str) -> str | None:
+    """A message when the image's intensities lie far outside those of the training images
+    (``spread_range``: the lowest and highest 1-99 percentile spread among them)."""
     median, spread = intensity_stats(image)
-    lo, hi = model.metadata["agent"]["intensity_spread_range"]
+    lo, hi = spread_range
     if not lo / 3 <= spread <= hi * 3:
         return (f"{source}: intensity spread {spread:.3g} is far from the training images' {lo:.3g}-{hi:.3g} "
                 "(another modality?); fitting anyway")
@@ -71,12 +72,14 @@ def intensity_warning(model: DISSMModel, image: sitk.Image, source: str) -> str 
 def run_agent(
     model: DISSMModel, image: sitk.Image, stages: tuple[str, ...] = STAGES, steps: int | None = None,
     progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+    start: PoseState | None = None,
 ) -> list[dict]:
-    """Run the agent's stages on ``image``; the state after each stage (see :func:`state_record`)."""
+    """Run the agent's stages on ``image`` from ``start`` (default: :func:`initial_state`); the state after
+    each stage (see :func:`state_record`)."""
     array, grid_mm, _ = agent_input(image, model.grid)
     volume = torch.tensor(array)[None]
     grid = torch.tensor(grid_mm)[None]
-    state = initial_state(model, grid)
+    state = initial_state(model, grid) if start is None else start
     steps = steps or model.fit_steps
     records = []
     stages = tuple(s for s in stages if s in model.agents)
@@ -133,18 +136,22 @@ def refined_fit(model: DISSMModel, image: sitk.Image, state: PoseState) -> trime
 def fit_image(
     image: sitk.Image, model: Model = "hippocampus", stages: Sequence[str] | None = None, steps: int | None = None,
     source: str = "image", progress: Callable[[float, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, start: PoseState | None = None,
 ) -> Outcome:
     """Fit a ``dissm`` model to ``image`` (stopping after the last of ``stages``, default all): surface,
     segmentation on the image grid, and per stage the pose and loadings after it (``detail``, the report's
-    ``stages``)."""
+    ``stages``). From a ``start`` pose (e.g. DeepSSM's, :func:`~shapeprior.fit.deepssm_fit.dissm_start`)
+    the stages may begin later (default: shape onwards)."""
     bundle, model = as_loaded(model, "dissm")
-    stages = model.stages if stages is None else tuple(stages)
-    if list(stages) != list(model.stages[: len(stages)]) or not stages:
-        raise InputError(None, f"stages must be a leading part of {','.join(model.stages)}, got {','.join(stages)}")
+    first = 0 if start is None else model.stages.index("shape")
+    stages = model.stages[first:] if stages is None else tuple(stages)
+    begin = model.stages.index(stages[0]) if stages and stages[0] in model.stages else -1
+    if not stages or list(stages) != list(model.stages[begin: begin + len(stages)]) or (start is None and begin):
+        where = "a leading" if start is None else "a consecutive"
+        raise InputError(None, f"stages must be {where} part of {','.join(model.stages)}, got {','.join(stages)}")
     began = time.perf_counter()
-    warnings = [w for w in [intensity_warning(model, image, source)] if w]
-    records = run_agent(model, image, stages, steps, progress, should_stop)
+    warnings = [w for w in [intensity_warning(model.metadata["agent"]["intensity_spread_range"], image, source)] if w]
+    records = run_agent(model, image, stages, steps, progress, should_stop, start) or [state_record("start", start)]
     state = state_from_record(records[-1])
     if "refine" in stages:
         mesh = refined_fit(model, image, state)

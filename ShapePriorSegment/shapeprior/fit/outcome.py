@@ -24,6 +24,7 @@ class Outcome:
     - ``summary``: one or more lines for a person (the command line prints them).
     - ``subregions``: uint8 sub-region labels on ``labelmap``'s grid (template models), or None;
       ``report["subregions"]`` names the values.
+    - ``points``: corresponding points (P, 3), LPS mm, of a point distribution model's fit, or None.
     - ``detail``: the method's own result (e.g. the DALS ``FitResult``) for benchmarks and tests.
     """
 
@@ -35,6 +36,7 @@ class Outcome:
     curves: list[np.ndarray] = field(default_factory=list)
     summary: str = ""
     subregions: sitk.Image | None = None
+    points: np.ndarray | None = None
     detail: Any = None
 
     @property

@@ -140,20 +140,22 @@ def read_point_list(path: str | os.PathLike) -> np.ndarray:
     return np.concatenate(points)
 
 
+def _markup(kind: str, name: str, points: np.ndarray, labels: list[str] | None = None) -> dict:
+    """One markup of ``kind`` (ClosedCurve, Fiducial) holding ``points`` (N, 3) LPS mm."""
+    labels = labels or [f"{name}-{j + 1}" for j in range(len(points))]
+    return {"type": kind, "coordinateSystem": "LPS", "coordinateUnits": "mm", "name": name,
+            "controlPoints": [{"id": str(j + 1), "label": label, "position": [float(v) for v in p],
+                               "positionStatus": "defined"} for j, (label, p) in enumerate(zip(labels, points))]}
+
+
 def write_closed_curves(curves: list[np.ndarray], path: str | os.PathLike, names: list[str] | None = None) -> None:
     """Write curves (LPS mm) as ClosedCurve markups, atomically."""
-    markups = []
-    for i, pts in enumerate(curves):
-        name = names[i] if names else f"Contour {i + 1}"
-        markups.append({
-            "type": "ClosedCurve",
-            "coordinateSystem": "LPS",
-            "coordinateUnits": "mm",
-            "name": name,
-            "controlPoints": [
-                {"id": str(j + 1), "label": f"{name}-{j + 1}", "position": [float(v) for v in p],
-                 "positionStatus": "defined"}
-                for j, p in enumerate(np.asarray(pts))
-            ],
-        })
+    markups = [_markup("ClosedCurve", names[i] if names else f"Contour {i + 1}", np.asarray(pts))
+               for i, pts in enumerate(curves)]
     write_json({"@schema": SCHEMA, "markups": markups}, path)
+
+
+def write_point_list(points: np.ndarray, path: str | os.PathLike, name: str) -> None:
+    """Write points (N, 3) LPS mm as one point list labelled by index (0..N-1), atomically."""
+    markup = _markup("Fiducial", name, np.asarray(points), [str(j) for j in range(len(points))])
+    write_json({"@schema": SCHEMA, "markups": [markup]}, path)

@@ -62,14 +62,13 @@ def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "l
 
 def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hippocampus",
                   stages: Sequence[str] | None = None, volume_node_id: str | None = None) -> BackgroundJob:
-    """A DISSM fit of an image read beforehand, in a worker thread; the model is loaded now (a bad
-    model file fails at once). The volume becomes the segmentation's reference geometry."""
-    from ..fit.image_fit import fit_image
-    from ..models.registry import load_model
+    """A DISSM or DeepSSM fit of an image read beforehand, in a worker thread; the model is loaded now (a
+    bad model file fails at once). The volume becomes the segmentation's reference geometry."""
+    from ..fit.deepssm_fit import fit_image_by_kind, load_image_model
 
-    loaded = load_model(model, kind="dissm")
+    loaded = load_image_model(model)
     return BackgroundJob(
-        lambda progress, stop: fit_image(image, loaded, stages, source=source, progress=progress, should_stop=stop),
+        lambda progress, stop: fit_image_by_kind(image, loaded, stages, source, progress, stop),
         {"reference_volume_id": volume_node_id} if volume_node_id else None,
     )
 
@@ -110,13 +109,13 @@ def refine_mask_in_scene(scene, node_id: str, model: str | os.PathLike, segment_
 def fit_image_in_scene(scene, volume_node_id: str, model: str | os.PathLike = "hippocampus",
                        stages: Sequence[str] | None = None, progress: Progress | None = None,
                        should_stop: ShouldStop | None = None, **outputs) -> dict:
-    """An image volume node -> the DISSM fit's model node and segment (the volume is the
-    segmentation's reference geometry); the report holds the pose per stage and warnings such as
-    an unusual intensity range."""
-    from ..fit.image_fit import fit_image
+    """An image volume node -> the DISSM or DeepSSM fit's model node and segment (the volume is the
+    segmentation's reference geometry); the report holds the pose per stage (DISSM) or the loadings
+    (DeepSSM) and warnings such as an unusual intensity range."""
+    from ..fit.deepssm_fit import fit_image_by_kind
 
     image = read_volume_image(scene, volume_node_id)
     source = scene.GetNodeByID(volume_node_id).GetName()
-    outcome = fit_image(image, model, stages, source=source, progress=progress, should_stop=should_stop)
+    outcome = fit_image_by_kind(image, model, stages, source, progress, should_stop)
     outputs.setdefault("reference_volume_id", volume_node_id)
     return add_outcome_to_scene(scene, outcome, **outputs)

@@ -17,7 +17,7 @@ def _register(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, se
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsCorrelation()
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.3, seed)
+    method.SetMetricSamplingPercentage(0.3, seed + 1)  # SimpleITK reads seed 0 as "seed from the clock"
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, 100, relaxationFactor=0.6)
     method.SetOptimizerScalesFromPhysicalShift()

@@ -23,7 +23,7 @@ from ..io.frames import index_to_physical
 from ..models.bundle import load_bundle, save_bundle
 from ..models.deepssm import build_net, reference_image
 from ..models.pdm import PointDistributionModel
-from ..prep.crops import centred_grid
+from ..prep.crops import centred_grid, intensity_stats
 from ..prep.registration import NETWORK_GRID, network_input
 from ..transform import Similarity
 from .common import Run, read_manifest
@@ -79,10 +79,11 @@ def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, se
         raise InputError(dataset, f"has no image for {missing[0]}: use the dataset the shape model was built on")
     run = Run(Path(out), settings, device)
     reference = reference_image(bundle)
-    volumes = []
+    volumes, spreads = [], []
     for name, to_image in tqdm(list(zip(pdm.names, pdm.metadata["to_images"])), desc="load images",
                                unit="image", disable=not progress, dynamic_ncols=True):
         image = read_image(manifest["shapes"][name]["image"])
+        spreads.append(intensity_stats(image)[1])
         volumes.append(torch.tensor(network_input(image, reference, Similarity.from_dict(to_image))))
     rows = np.arange(len(pdm.names))
     held = rows[:: settings.validation_every] if settings.validation_every else rows[:0]
@@ -125,11 +126,13 @@ def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, se
     metadata = {
         "organ": bundle.organ, "units": "mm", "frame": bundle.metadata["frame"],
         "config": {"channels": list(settings.channels), "grid": NETWORK_GRID.to_dict()},
+        "intensity_spread_range": [float(min(spreads)), float(max(spreads))],
         "pdm": pdm.metadata,
         "training": {**run.record(command), "pdm_model": str(pdm_path), "images": len(train),
                      "augmented": int(settings.augment), "validation": validation},
     }
     tensors = {**{k: v for k, v in bundle.tensors.items() if k.startswith("pdm.") or k == "reference_image"},
                **{f"net.{k}": v for k, v in net.state_dict().items()}}
-    save_bundle(out, "deepssm", metadata, tensors)
+    # The network is stored in float16 (half the file); the benchmark is measured on the file as written.
+    save_bundle(out, "deepssm", metadata, tensors, half_precision=("net.",))
     return out

@@ -1,0 +1,139 @@
+"""DeepSSM: an image -> its shape's PCA loadings and corresponding points in one network pass.
+
+The image is registered rigidly onto the model's reference crop (translation, then rotation), resampled
+on the 64^3 network grid, and the network's loadings are turned into points by the point distribution
+model (reference-crop mm), which the registration carries back into the image's LPS mm. The points share
+the model's triangles, so they are also the fitted surface.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import trimesh
+
+from ..errors import InputError
+from ..io.labelmaps import mesh_to_labelmap
+from ..models.deepssm import DeepSSMModel
+from ..models.pose_agent import PoseState
+from ..models.registry import Model, as_loaded, load_model
+from ..prep.registration import network_input, register_rigid
+from ..transform import Similarity
+from .dals_fit import FitCancelled
+from .image_fit import fit_image, intensity_warning
+from .outcome import Outcome
+
+# An input crop's extent (mm, per axis) may be this many times smaller or larger than the reference crop's:
+# smaller leaves the organ partly outside the image, larger leaves the registration without a start.
+CROP_EXTENT_RANGE = (0.5, 3.0)
+
+
+def extent_mm(image: sitk.Image) -> np.ndarray:
+    """(3,) physical size of ``image`` along its own axes, mm."""
+    return np.array(image.GetSize()) * np.array(image.GetSpacing())
+
+
+def check_crop(image: sitk.Image, reference: sitk.Image, organ: str, source: str) -> None:
+    """An :class:`InputError` unless ``image`` is a crop of about the reference crop's size."""
+    expected = extent_mm(reference)
+    ratio = extent_mm(image) / expected
+    lo, hi = CROP_EXTENT_RANGE
+    if ratio.min() < lo or ratio.max() > hi:
+        size = " x ".join(f"{v:.0f}" for v in extent_mm(image))
+        wanted = " x ".join(f"{v:.0f}" for v in expected)
+        problem = "much smaller than" if ratio.min() < lo else "far larger than"
+        raise InputError(source, f"the image is {size} mm, {problem} this model's input: a crop around the {organ} "
+                         f"of about {wanted} mm (i x j x k)")
+
+
+@torch.no_grad()
+def predict(model: DeepSSMModel, image: sitk.Image, seed: int = 0) -> tuple[np.ndarray, np.ndarray, Similarity, dict]:
+    """(whitened loadings (K,), corresponding points (P, 3) LPS mm, the rigid map reference-crop mm -> image
+    mm, seconds per step) of ``image``."""
+    began = time.perf_counter()
+    to_image = register_rigid(image, model.reference, seed)
+    registered = time.perf_counter()
+    volume = torch.tensor(network_input(image, model.reference, to_image))[None, None]
+    loadings = model.net(volume)[0].double().numpy()
+    done = time.perf_counter()
+    points = to_image.apply(model.pdm.points(loadings))
+    return loadings, points, to_image, {"registration": registered - began, "network": done - registered}
+
+
+def fit_image_deepssm(
+    image: sitk.Image, model: Model = "hippocampus-deepssm", source: str = "image",
+    progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Surface, segmentation on the image grid and corresponding points (``Outcome.points``, LPS mm) of a
+    ``deepssm`` model's prediction; the report holds the loadings and their Mahalanobis distance."""
+    bundle, model = as_loaded(model, "deepssm")
+    check_crop(image, model.reference, bundle.organ, source)
+    warnings = [w for w in [intensity_warning(model.metadata["intensity_spread_range"], image, source)] if w]
+    began = time.perf_counter()
+    loadings, points, to_image, seconds = predict(model, image)
+    if should_stop is not None and should_stop():
+        raise FitCancelled("fit cancelled")
+    if progress is not None:
+        progress(0.8, "network")
+    mesh = model.pdm.mesh(points)
+    labelmap = mesh_to_labelmap(mesh, image)
+    seconds["total"] = time.perf_counter() - began
+    mahalanobis = float(model.pdm.mahalanobis(loadings))
+    report = {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
+              "method": "deepssm", "loadings": loadings.tolist(), "mahalanobis": mahalanobis,
+              "modes": model.pdm.size, "points": len(points), "to_image": to_image.to_dict(),
+              "to_image_convention": "reference-crop LPS mm -> image LPS mm", "volume_ml": float(mesh.volume) / 1000,
+              "seconds": seconds["total"], "seconds_per_step": seconds, "warnings": warnings}
+    if mahalanobis > unusual_mahalanobis(model.pdm.size):
+        warnings.append(f"{source}: the predicted shape is unusual for the training population (Mahalanobis "
+                        f"distance {mahalanobis:.1f} over {model.pdm.size} modes); check it")
+    summary = (f"predicted {bundle.organ} shape of {source} in {seconds['total']:.2f} s: volume "
+               f"{report['volume_ml'] * 1000:.0f} mm3, Mahalanobis distance {mahalanobis:.2f} ({model.pdm.size} modes)")
+    return Outcome(mesh, bundle.organ, report, labelmap=labelmap, summary=summary, points=points,
+                   detail={"loadings": loadings, "to_image": to_image})
+
+
+def load_image_model(model: Model) -> tuple:
+    """(bundle, model) of a ``dissm`` or ``deepssm`` model (name, path or loaded pair); an
+    :class:`InputError` for any other kind."""
+    bundle, loaded = model if isinstance(model, tuple) else load_model(model)
+    if bundle.kind not in ("dissm", "deepssm"):
+        raise InputError(bundle.path, f"a {bundle.kind!r} model: fitting an image needs a dissm or deepssm model")
+    return bundle, loaded
+
+
+def fit_image_by_kind(
+    image: sitk.Image, model: Model, stages: Sequence[str] | None = None, source: str = "image",
+    progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+    steps: int | None = None,
+) -> Outcome:
+    """:func:`~shapeprior.fit.image_fit.fit_image` with a ``dissm`` model (``stages``, ``steps``: as there),
+    :func:`fit_image_deepssm` with a ``deepssm`` one (which has neither)."""
+    bundle, loaded = load_image_model(model)
+    if bundle.kind == "dissm":
+        return fit_image(image, (bundle, loaded), stages, steps, source, progress, should_stop)
+    if stages is not None or steps is not None:
+        raise InputError(None, f"stages are DISSM's; {bundle.path} is a deepssm model")
+    return fit_image_deepssm(image, (bundle, loaded), source, progress, should_stop)
+
+
+def unusual_mahalanobis(modes: int) -> float:
+    """The Mahalanobis distance 99.9% of a Gaussian population stays below, for ``modes`` whitened modes."""
+    from scipy.stats import chi2
+
+    return float(np.sqrt(chi2.ppf(0.999, modes)))
+
+
+def dissm_start(points_mm: np.ndarray, template: np.ndarray, loadings: int) -> PoseState:
+    """A DISSM pose from corresponding points: the similarity that best carries the shape model's mean in
+    its unit sphere (``template`` (P, 3)) onto ``points_mm`` (P, 3) LPS mm; loadings (``loadings`` of them)
+    start at the mean shape."""
+    matrix = trimesh.registration.procrustes(template, points_mm, reflection=False, scale=True, return_cost=False)
+    pose = Similarity.from_matrix(matrix)
+    return PoseState(torch.tensor(pose.translation, dtype=torch.float32)[None],
+                     torch.full((1, 3), pose.scale), torch.tensor(pose.rotation, dtype=torch.float32)[None],
+                     torch.zeros(1, loadings))

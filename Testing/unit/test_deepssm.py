@@ -1,0 +1,129 @@
+"""DeepSSM end to end on the tiny image dataset: train-pdm, train-deepssm, fit-image, describe, bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from shapeprior.cli import main
+
+
+def test_pdm_holds_the_training_split_and_reconstructs_it(deepssm, image_dataset):
+    from shapeprior.models.pdm import PointDistributionModel
+    from shapeprior.models.registry import load_model
+
+    bundle, pdm = load_model(str(deepssm[0]), "pdm")
+    assert isinstance(pdm, PointDistributionModel)
+    assert len(pdm.names) == 8 and len(bundle.metadata["pdm"]["held_out"]) == 2  # every 5th of 10 held out
+    assert pdm.mean.shape == (64, 3) and 1 <= pdm.size <= 7
+    # Reconstruction from the kept modes explains at least the share asked for (0.95) of the variance.
+    assert bundle.metadata["pdm"]["explained"][-1] >= 0.95
+    assert bundle.metadata["pdm"]["correspondence_mm"]["mean"] < 1.0  # points lie on each surface
+
+
+def test_fit_image_writes_surface_loadings_and_points_in_lps(deepssm, image_dataset, tmp_path):
+    from shapeprior.io.markups import read_point_list
+
+    image = image_dataset["images"] / "case_00.nii.gz"
+    out = {k: tmp_path / v for k, v in {"seg": "seg.nii.gz", "report": "r.json", "loadings": "z.csv",
+                                         "points": "p.csv", "list": "p.mrk.json", "model": "m.vtk"}.items()}
+    assert main(["-q", "fit-image", str(image), "--model", str(deepssm[1]), "--out-seg", str(out["seg"]),
+                 "--report", str(out["report"]), "--out-loadings", str(out["loadings"]),
+                 "--out-points", str(out["points"]), "--out-model", str(out["model"])]) == 0
+    assert main(["-q", "fit-image", str(image), "--model", str(deepssm[1]), "--out-points", str(out["list"])]) == 0
+    report = json.loads(out["report"].read_text())
+    assert report["method"] == "deepssm" and report["frame"] == "LPS mm"
+    rows = list(csv.reader(out["loadings"].open()))
+    assert rows[0][:3] == ["image", "mahalanobis", "volume_ml"] and len(rows) == 2
+    assert np.allclose([float(v) for v in rows[1][3:]], report["loadings"], atol=1e-4)
+    assert float(rows[1][1]) == pytest.approx(np.linalg.norm(report["loadings"]), abs=1e-3)
+    table = np.loadtxt(out["points"], delimiter=",", skiprows=1)
+    assert table.shape == (64, 4) and np.array_equal(table[:, 0], np.arange(64))
+    assert np.allclose(read_point_list(out["list"]), table[:, 1:], atol=1e-3)  # the same points, LPS both
+    # The points lie where the organ is: inside the image's physical extent, around the segmentation.
+    seg = sitk.ReadImage(str(out["seg"]))
+    voxels = np.argwhere(sitk.GetArrayFromImage(seg) > 0)[:, ::-1]
+    centre = np.mean([seg.TransformContinuousIndexToPhysicalPoint(v.tolist()) for v in voxels.astype(float)], 0)
+    assert np.linalg.norm(table[:, 1:].mean(0) - centre) < 2.0
+
+
+def test_describe_writes_one_row_per_image(deepssm, image_dataset, tmp_path):
+    images = [str(image_dataset["images"] / f"case_0{i}.nii.gz") for i in range(3)]
+    out = tmp_path / "study.csv"
+    assert main(["-q", "describe", *images, "--model", str(deepssm[1]), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == images
+    assert all(float(r["volume_ml"]) > 0 for r in rows)
+    assert main(["-q", "describe", *images, "--model", str(deepssm[1]), "--out", str(out)]) == 2  # exists
+
+
+def test_bad_deepssm_inputs_get_one_line(deepssm, image_dataset, tmp_path, capsys, helpers):
+    image = str(image_dataset["images"] / "case_00.nii.gz")
+    tiny = tmp_path / "tiny.nii.gz"
+    sitk.WriteImage(sitk.Image([5, 5, 5], sitk.sitkFloat32), str(tiny))
+    cases = [
+        (["fit-image", str(tiny), "--model", str(deepssm[1]), "--report", str(tmp_path / "a.json")],
+         "much smaller than this model's input: a crop around the blob"),
+        (["fit-image", image, "--model", str(deepssm[0]), "--report", str(tmp_path / "b.json")],
+         "fit-image needs a dissm or deepssm model"),
+        (["fit-image", image, "--model", str(deepssm[1]), "--stages", "translation", "--report", str(tmp_path / "c.json")],
+         "--stages: not for deepssm models"),
+        (["fit-image", image, "--model", str(image_dataset["dissm"]), "--out-points", str(tmp_path / "p.csv")],
+         "--out-points: not for dissm models"),
+        (["fit-image", image, "--model", str(deepssm[1]), "--out-loadings", str(tmp_path / "z.txt")],
+         "end it in .csv"),
+        (["describe", image, "--model", str(image_dataset["dissm"]), "--out", str(tmp_path / "d.csv")],
+         "describe needs a deepssm model"),
+        (["describe", image, str(tiny), "--model", str(deepssm[1]), "--out", str(tmp_path / "e.csv")],
+         "tiny.nii.gz: the image is 5 x 5 x 5 mm"),
+        (["train-deepssm", str(deepssm[1]), str(image_dataset["data"]), str(tmp_path / "f.pt")], "'pdm'"),
+    ]
+    for argv, message in cases:
+        assert main(["-q", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("shapeprior: error:") and message in err and "\n" not in err, (argv, err)
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))  # nothing half-written
+
+
+def test_thin_plate_warp_keeps_an_image_when_points_stay_and_shifts_it_with_them(image_dataset):
+    from shapeprior.io import read_image
+    from shapeprior.train.deepssm import ImageWarper
+
+    reference = read_image(image_dataset["images"] / "case_00.nii.gz")
+    warper = ImageWarper(reference)
+    k, j, i = np.meshgrid(*[np.arange(64.0)] * 3, indexing="ij")
+    volume = torch.tensor(np.exp(-((i - 30) ** 2 + (j - 32) ** 2 + (k - 34) ** 2) / 40.0), dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    source = np.asarray(reference.TransformContinuousIndexToPhysicalPoint([15.0, 13.0, 12.0])) + rng.normal(0, 8, (64, 3))
+    assert torch.allclose(warper.warp(volume, source, source), volume, atol=1e-4)
+
+    def centroid(v):
+        v = v.numpy()
+        return np.array([(v * axis).sum() / v.sum() for axis in (i, j, k)])
+
+    shift = np.array([3.0, 0.0, 0.0])  # mm along the network grid's first axis (1 mm voxels, same direction)
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    moved = centroid(warper.warp(volume, source, source + direction @ shift)) - centroid(volume)
+    assert np.allclose(moved, shift, atol=0.3)
+
+
+def test_dissm_from_a_deepssm_start_runs_only_the_shape_stages(deepssm, image_dataset):
+    from shapeprior.fit.deepssm_fit import dissm_start, fit_image_deepssm
+    from shapeprior.fit.image_fit import fit_image
+    from shapeprior.io import read_image
+    from shapeprior.models.registry import load_model
+
+    image = read_image(image_dataset["images"] / "case_01.nii.gz")
+    predicted = fit_image_deepssm(image, str(deepssm[1]))
+    bundle, dissm = load_model(str(image_dataset["refined"]), "dissm")
+    template = load_model(str(deepssm[1]), "deepssm")[1].pdm.template
+    start = dissm_start(predicted.points, template, dissm.space.basis.shape[0])
+    outcome = fit_image(image, (bundle, dissm), start=start)
+    assert [r["stage"] for r in outcome.detail] == ["shape", "refine"]
+    assert outcome.mesh.is_watertight and outcome.report["volume_ml"] > 0
+    # The start places the model's unit sphere on the predicted points: its scale is the organ's, in mm.
+    assert 3.0 < float(start.scale.mean()) < 20.0
+
