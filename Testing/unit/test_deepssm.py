@@ -127,3 +127,10 @@ def test_dissm_from_a_deepssm_start_runs_only_the_shape_stages(deepssm, image_da
     # The start places the model's unit sphere on the predicted points: its scale is the organ's, in mm.
     assert 3.0 < float(start.scale.mean()) < 20.0
 
+
+
+def test_benchmark_times_the_whole_command(deepssm, image_dataset):
+    from shapeprior.bench.shape_model import command_seconds
+
+    times = command_seconds(str(deepssm[1]), [str(image_dataset["images"] / "case_02.nii.gz")])
+    assert len(times) == 1 and 0.5 < times[0] < 120  # a real process: interpreter, imports, model, fit, write

@@ -305,7 +305,7 @@ def _image_cases(f: Callable[[str], str], dissm: list[str], out: list[str]) -> l
             Case("--steps 0", [*fit, image, *out, "--steps", "0"], "--steps must be between 1 and 1000"),
             Case("--stages out of order", [*fit, image, *out, "--stages", "shape"], "--stages must be a leading part"),
             Case("model of another kind", ["fit-image", image, "--model", "liver", *out],
-                 "'dals' model; this command needs a 'dissm' model"),
+                 "'dals' model: fit-image needs a dissm or deepssm model"),
             Case("malicious model", ["fit-image", image, "--model", f("evil.pt"), *out],
                  "not a readable shapeprior model"),
             Case("output exists, no --overwrite", [*fit, image, "--report", f("existing.json")], "exists; pass"),

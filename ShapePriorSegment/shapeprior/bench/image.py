@@ -60,6 +60,7 @@ def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int 
     held_out = bundle.metadata["sdf_training"]["held_out"]
     cases = held_out_cases(Path(dataset), held_out, limit)
     if deepssm:
+        command_times = command_seconds(deepssm, [c[1] for c in cases[:5]])  # before the other work loads the CPU
         shapes = load_model(deepssm, kind="deepssm")
         if sorted(shapes[0].metadata["pdm"]["held_out"]) != sorted(held_out):
             raise InputError(deepssm, f"was not trained on the same split as {model}")
@@ -94,9 +95,9 @@ def run_benchmark(dataset: str | Path, model: str, unet: str | None, limit: int 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"cases": [c[0] for c in cases], "rows": rows, "peak_rss_mb": peak_mb}
     if deepssm:
+        result["deepssm_command_seconds"] = command_times
         result["correlations"] = {m: correlations(rows, m) for m in ("DeepSSM", "U-Net -> CPD -> projection")
                                   if any(r["method"] == m for r in rows)}
-        result["deepssm_command_seconds"] = command_seconds(deepssm, [c[1] for c in cases[:5]])
     return result
 
 

@@ -105,7 +105,7 @@ def command_seconds(model: str, images: list[str]) -> list[float]:
     with tempfile.TemporaryDirectory() as folder:
         for index, image in enumerate(images):
             began = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "shapeprior", "-q", "fit-image", image, "--model", model,
+            subprocess.run([sys.executable, "-m", "shapeprior.cli", "-q", "fit-image", image, "--model", model,
                             "--out-seg", str(Path(folder) / f"{index}.nii.gz")], check=True, capture_output=True)
             times.append(time.perf_counter() - began)
     return times

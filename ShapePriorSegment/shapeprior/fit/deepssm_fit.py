@@ -9,7 +9,7 @@ the model's triangles, so they are also the fitted surface.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,13 +19,15 @@ import trimesh
 from ..errors import InputError
 from ..io.labelmaps import mesh_to_labelmap
 from ..models.deepssm import DeepSSMModel
-from ..models.pose_agent import PoseState
 from ..models.registry import Model, as_loaded, load_model
+from ..prep.crops import intensity_warning
 from ..prep.registration import network_input, register_rigid
 from ..transform import Similarity
 from .dals_fit import FitCancelled
-from .image_fit import fit_image, intensity_warning
 from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from ..models.pose_agent import PoseState
 
 # An input crop's extent (mm, per axis) may be this many times smaller or larger than the reference crop's:
 # smaller leaves the organ partly outside the image, larger leaves the registration without a start.
@@ -115,6 +117,8 @@ def fit_image_by_kind(
     :func:`fit_image_deepssm` with a ``deepssm`` one (which has neither)."""
     bundle, loaded = load_image_model(model)
     if bundle.kind == "dissm":
+        from .image_fit import fit_image  # the agent's modules (MONAI: 2 s) only where they are used
+
         return fit_image(image, (bundle, loaded), stages, steps, source, progress, should_stop)
     if stages is not None or steps is not None:
         raise InputError(None, f"stages are DISSM's; {bundle.path} is a deepssm model")
@@ -132,6 +136,8 @@ def dissm_start(points_mm: np.ndarray, template: np.ndarray, loadings: int) -> P
     """A DISSM pose from corresponding points: the similarity that best carries the shape model's mean in
     its unit sphere (``template`` (P, 3)) onto ``points_mm`` (P, 3) LPS mm; loadings (``loadings`` of them)
     start at the mean shape."""
+    from ..models.pose_agent import PoseState
+
     matrix = trimesh.registration.procrustes(template, points_mm, reflection=False, scale=True, return_cost=False)
     pose = Similarity.from_matrix(matrix)
     return PoseState(torch.tensor(pose.translation, dtype=torch.float32)[None],

@@ -25,7 +25,7 @@ from ..models.pose_agent import STAGES, PoseState, apply_correction, render_stat
 from ..models.refiner import BAND_MM, refine_sdf
 from ..models.registry import Model, as_loaded
 from ..models.sdf import extract_mesh
-from ..prep.crops import FINE_GRID, agent_input, intensity_stats
+from ..prep.crops import FINE_GRID, agent_input, intensity_warning
 from ..prep.surface import largest_component
 from .dals_fit import FitCancelled
 from .outcome import Outcome
@@ -55,17 +55,6 @@ def state_record(stage: str, state: PoseState) -> dict:
 def state_from_record(record: dict) -> PoseState:
     return PoseState(*(torch.tensor([record[k]], dtype=torch.float32)
                        for k in ("translation_mm", "scale_mm_per_unit", "rotation", "loadings")))
-
-
-def intensity_warning(spread_range: list[float], image: sitk.Image, source: str) -> str | None:
-    """A message when the image's intensities lie far outside those of the training images
-    (``spread_range``: the lowest and highest 1-99 percentile spread among them)."""
-    median, spread = intensity_stats(image)
-    lo, hi = spread_range
-    if not lo / 3 <= spread <= hi * 3:
-        return (f"{source}: intensity spread {spread:.3g} is far from the training images' {lo:.3g}-{hi:.3g} "
-                "(another modality?); fitting anyway")
-    return None
 
 
 @torch.no_grad()

@@ -87,3 +87,14 @@ def agent_input(image: sitk.Image, spec: GridSpec) -> tuple[np.ndarray, np.ndarr
     """(normalised image on the grid (K, J, I), LPS mm of its voxels (K, J, I, 3), the grid reference)."""
     reference = centred_grid(image, spec)
     return resample_to(normalised(image), reference), grid_points(reference).astype(np.float32), reference
+
+
+def intensity_warning(spread_range: list[float], image: sitk.Image, source: str) -> str | None:
+    """A message when the image's intensities lie far outside those of the training images
+    (``spread_range``: the lowest and highest 1-99 percentile spread among them)."""
+    median, spread = intensity_stats(image)
+    lo, hi = spread_range
+    if not lo / 3 <= spread <= hi * 3:
+        return (f"{source}: intensity spread {spread:.3g} is far from the training images' {lo:.3g}-{hi:.3g} "
+                "(another modality?); fitting anyway")
+    return None
