@@ -52,8 +52,8 @@ class ShapePriorSegment(ScriptedLoadableModule):
 Delineate a whole organ from a few contours. Draw closed curves on a few slices of at least two different views (for
 example one axial, one sagittal and one coronal), or paint a few slices in the Segment Editor, or pick a CNN mask to
 refine; choose the organ's shape model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model
-(hippocampus, or the faster hippocampus-deepssm) finds the organ in the input volume without any annotation. A learned statistical shape prior completes
-the organ between the contours. The result is a smooth model and a segment (closed surface) named after the organ; the
+(hippocampus, or the faster hippocampus-deepssm) finds the organ in the input volume without any annotation. A
+learned statistical shape prior completes the organ between the contours. The result is a smooth model and a segment (closed surface) named after the organ; the
 <b>Quality check</b> section lists how far each contour is from the surface, colors the surface by its distance to the
 annotation or by its uncertainty, and <b>Suggest next contour</b> shows the slice where one more contour helps most.
 """)

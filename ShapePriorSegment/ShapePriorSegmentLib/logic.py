@@ -30,7 +30,8 @@ LOAD_MODEL_ITEM = "Load model file..."
 ANNOTATION_MODES = ("curves", "painted", "mask", "image")
 # The model kinds each mode can use, and the bundled model to switch to when the chosen one is of
 # another kind (the default of the first kind listed).
-MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf", "template"), "image": ("dissm", "deepssm")}
+MODE_MODEL_KINDS = {"curves": ("dals",), "painted": ("dals",), "mask": ("dals", "dissm", "sdf", "template"),
+                    "image": ("dissm", "deepssm")}
 DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 # The fitted model's point array of per-vertex uncertainty (mm), shapeprior.fit.run.UNCERTAINTY_ARRAY
 # (the core is imported lazily: its dependencies may not be installed yet).
@@ -221,7 +222,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         return self.lastReport if same else None
 
     def startImageFit(self, volumeNode, model: str = "hippocampus"):
-        """Start an image (DISSM or DeepSSM) fit of a volume in a worker thread; poll the job, then :meth:`finishFit`."""
+        """Start an image (DISSM or DeepSSM) fit of a volume in a worker thread; poll the job, then
+        :meth:`finishFit`."""
         from shapeprior import mrml
 
         image = mrml.read_volume_image(self.scene, nodeId(volumeNode))
@@ -271,7 +273,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
 
     def processImage(self, volumeNode, model: str = "hippocampus", stages=None, progress=None,
                      shouldStop=None, outputSegmentationNode=None) -> dict:
-        """Fit an image-fitting (DISSM or DeepSSM) model straight to a volume; returns the node ids and the report."""
+        """Fit an image-fitting (DISSM or DeepSSM) model straight to a volume; returns the node ids and the
+        report."""
         from shapeprior.mrml import fit_image_in_scene
 
         return self._written(fit_image_in_scene(
