@@ -39,8 +39,10 @@ UNCERTAINTY_ARRAY = "Uncertainty_mm"
 
 
 def resourcePath(relativePath: str) -> str:
-    """A resource beside the module (installed extension) or one folder up (source tree)."""
-    roots = [os.path.join(MODULE_DIR, "Resources"), os.path.join(os.path.dirname(MODULE_DIR), "Resources")]
+    """A resource beside the module (installed extension), one folder up (source tree) or in the
+    core's package (a wheel, for ``shapeprior serve``)."""
+    roots = [os.path.join(MODULE_DIR, "Resources"), os.path.join(os.path.dirname(MODULE_DIR), "Resources"),
+             os.path.join(MODULE_DIR, "shapeprior", "resources")]
     for root in roots:
         if os.path.exists(os.path.join(root, relativePath)):
             return os.path.join(root, relativePath)

@@ -34,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmarks, fitting, shapes, training
+    from . import benchmarks, fitting, serve, shapes, training
 
     parser = Parser(prog="shapeprior", description="Deep statistical shape priors for organ delineation.")
     parser.add_argument("--version", action="version", version=f"shapeprior {__version__}")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add(sub)
     shapes.add(sub)
     benchmarks.add(sub)
+    serve.add(sub)
     return parser
 
 

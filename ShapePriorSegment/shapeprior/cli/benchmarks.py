@@ -1,5 +1,5 @@
 """``benchmark contours|image|refine``: methods against baselines on held-out data, in one process;
-``benchmark hostile``: bad inputs through the command line.
+``benchmark hostile``: bad inputs through the command line; ``benchmark web``: the browser face.
 
 ``--markdown FILE`` keeps a document current: the part between ``<!-- begin shapeprior benchmark KIND -->``
 and ``<!-- end shapeprior benchmark KIND -->`` is replaced by the new table (the whole file is written
@@ -105,7 +105,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         "and runs each case as its own `shapeprior` process under a 3 GB address-space cap.",
     )
     h.set_defaults(run=_benchmark(measure_hostile))
-    for parser in (c, i, r, loop, h):
+    w = kinds.add_parser(
+        "web", help="the browser face as a reader meets it: page ready time, fit latency, server memory",
+        description="Starts `shapeprior serve` as its own process and drives the page in headless Chromium: "
+        "the time until the page shows its views, three contours clicked into the sample CT, Fit, a refit at the "
+        "suggested plane, and the server's peak memory (needs the [web] extra and Chromium).",
+    )
+    w.add_argument("--runs", type=number(int, (1, 100)), default=3, help="sessions, each a new server (default: 3)")
+    w.set_defaults(run=_benchmark(measure_web))
+    for parser in (c, i, r, loop, h, w):
         parser.add_argument("--out", help="write per-case results here (JSON)")
         parser.add_argument("--markdown", help="write the summary table here, or into its markers in a document "
                             "(e.g. docs/benchmarks.md)")
@@ -190,6 +198,13 @@ def measure_hostile(args: argparse.Namespace) -> tuple[dict, str]:
     from ..bench.hostile import run_benchmark, summarise
 
     result = run_benchmark(progress=not args.quiet)
+    return result, summarise(result)
+
+
+def measure_web(args: argparse.Namespace) -> tuple[dict, str]:
+    from ..bench.web import run_benchmark, summarise
+
+    result = run_benchmark(args.runs, progress=not args.quiet)
     return result, summarise(result)
 
 

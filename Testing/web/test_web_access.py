@@ -1,0 +1,71 @@
+"""Who may reach the page, and ``shapeprior serve``'s refusals: one line, exit code 2, no server started."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from shapeprior.cli import main
+from shapeprior.web.access import COOKIE, is_local, token_middleware
+
+
+def test_the_token_is_asked_for_then_kept_in_a_cookie():
+    async def run():
+        app = web.Application(middlewares=[token_middleware("s3cret")])
+        async def page(request):
+            return web.Response(text="page")
+
+        app.router.add_get("/", page)
+        async with TestClient(TestServer(app)) as client:
+            assert (await client.get("/")).status == 403
+            assert (await client.get("/?token=wrong")).status == 403
+            first = await client.get("/?token=s3cret")
+            assert first.status == 200 and first.cookies[COOKIE].value == "s3cret"
+            assert (await client.get("/")).status == 200  # the cookie now carries it
+            client.session.cookie_jar.clear()
+            assert (await client.get("/")).status == 403
+
+    asyncio.run(run())
+
+
+def test_a_served_page_with_a_token_refuses_requests_without_it(tmp_path):
+    import aiohttp
+    from conftest import run_served
+
+    async def body(served):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(served.url) as response:
+                assert response.status == 403
+            async with http.get(served.url + "?token=t0ken") as response:
+                assert response.status == 200 and "<html" in (await response.text()).lower()
+
+    run_served(tmp_path, body, token="t0ken")
+
+
+@pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                             ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
+def test_local_hosts(host, local):
+    assert is_local(host) is local
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        cases = [
+            (["serve", "--data", str(tmp_path), "--host", "0.0.0.0"], "--token"),
+            (["serve", "--data", str(tmp_path / "missing")], "is not a folder"),
+            (["serve", "--data", str(tmp_path), "../outside.nii.gz"], "outside the data folder"),
+            (["serve", "--data", str(tmp_path), "notes.txt"], "notes.txt"),
+            (["serve", "--data", str(tmp_path), "--port", str(busy)], "choose another --port"),
+        ]
+        for argv, message in cases:
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("shapeprior: error: ") and message in err and err.count("\n") == 1, err
