@@ -1,5 +1,6 @@
-"""The page in headless Chromium, as a reader uses it: open the sample CT, click three contours into the
-red, yellow and green views, press Fit, wait for the server's "done", and look at the 3D view.
+"""The page in headless Chromium, as a reader uses it: upload a text file (refused) and the sample CT,
+click three contours into the red, yellow and green views, press Fit, wait for the server's "done",
+look at the 3D view, download the surface, and close the page during a refit.
 
 Set SHAPEPRIOR_WEB_SCREENSHOT=path.png to keep the screenshot (the README's is made so).
 """
@@ -30,16 +31,28 @@ def view_image(png: bytes, rect: dict) -> np.ndarray:
 
 
 def test_a_reader_draws_three_contours_and_fits_in_the_browser(tmp_path):
+    from ShapePriorSegmentLib.logic import resourcePath
+
     from shapeprior.web.app import VIEW_ORDER
+    from shapeprior.web.session import SAMPLE_IMAGE
+
+    notes, downloads = tmp_path / "notes.txt", tmp_path / "downloads"
+    notes.write_text("not an image")
+    downloads.mkdir()
 
     async def body(served):
-        app, state = served.app, served.state
+        app = served.app
         async with Browser(find_chromium()) as page:
             await page.send("Page.navigate", url=served.url)
             await page.wait_for("document.querySelectorAll('img.image-display-area').length === 4", 60)
             assert await page.text("#phase") == "idle"
-            await page.click_selector("#sample")
-            await page.wait_for("document.querySelector('#message').textContent.includes('loaded')")
+            # Uploads through the image's file input: a text file is refused in the page, the CT is opened.
+            await page.choose_file("input[type=file]", notes)
+            await page.wait_for("document.querySelector('#error') && "
+                                "document.querySelector('#error').textContent.includes('notes.txt')")
+            await page.choose_file("input[type=file]", resourcePath(SAMPLE_IMAGE))
+            await page.wait_for("document.querySelector('#message').textContent.includes('abdomen-ct')", 60)
+            assert app.session.volume is not None and not (tmp_path / "abdomen-ct.nii.gz").exists()
             before = view_image(await page.screenshot(), await page.rect("img.image-display-area", 1))
 
             for view in ("Red", "Yellow", "Green"):
@@ -68,13 +81,31 @@ def test_a_reader_draws_three_contours_and_fits_in_the_browser(tmp_path):
             png = await page.screenshot()
             after = view_image(png, await page.rect("img.image-display-area", 1))
 
+            # The .vtk button downloads the surface.
+            await page.send("Page.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+            await page.click_selector("button:has(.mdi-download)")
+            for _ in range(100):
+                if list(downloads.glob("*.vtk")):
+                    break
+                await asyncio.sleep(0.1)
+
+            # Closing the page during a refit stops it; the scene keeps the last result.
+            nodes, result = app.scene.GetNumberOfNodes(), app.session.result
+            await page.click_selector("#refit")
+            await page.wait_for("document.querySelector('#phase').textContent.trim() === 'fitting'")
+            await page.send("Page.navigate", url="about:blank")
+            assert await served.wait_phase("cancelled", "done", "error", timeout=60) == "cancelled"
+            assert app.scene.GetNumberOfNodes() == nodes and app.session.result is result
+
         if os.environ.get("SHAPEPRIOR_WEB_SCREENSHOT"):  # before the checks: a failure can be looked at
             with open(os.environ["SHAPEPRIOR_WEB_SCREENSHOT"], "wb") as file:
                 file.write(png)
         (model,) = [app.scene.GetNodeByID(app.session.result["model_node_id"])]
-        assert model.GetPolyData().GetNumberOfPoints() > 1000 and state.phase == "done"
+        assert model.GetPolyData().GetNumberOfPoints() > 1000
         fit_seconds = app.session.result["report"]["seconds"]
         print(f"fit {fit_seconds:.1f} s; Fit pressed -> 'done' in the page {shown:.1f} s")
+        (download,) = downloads.glob("*.vtk")
+        assert download.name == "liver.vtk" and download.read_bytes().startswith(b"# vtk DataFile")
         # The surface is in the 3D view: far more pixel variation than the empty background had.
         assert after.std() > 2 * before.std() + 5 and np.abs(after - before).mean() > 5
 

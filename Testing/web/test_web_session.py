@@ -41,6 +41,14 @@ def test_contours_clicked_in_three_views_fit_refit_and_download(tmp_path):
         assert [r["contour"] for r in state.residuals] == ["Contour Red", "Contour Yellow", "Contour Green"]
         assert all(float(r["mean_mm"]) < 10 for r in state.residuals)
         assert "Suggested next contour" in state.suggestion
+        for colouring, array in (("uncertainty", "Uncertainty_mm"), ("distance", "DistanceToAnnotation")):
+            state.colouring = colouring
+            state.flush()  # the page's change reaches the server
+            display = model.GetDisplayNode()
+            assert display.GetActiveScalarName() == array and display.GetScalarVisibility()
+        state.colouring = "none"
+        state.flush()
+        assert not model.GetDisplayNode().GetScalarVisibility()
 
         # Suggest: the view moves to the plane and a curve starts there; draw it; refit from the last fit.
         app.suggest()

@@ -107,5 +107,11 @@ class Page:
         element = f"document.querySelector({json.dumps(selector)})"
         return await self.evaluate(f"(e => e ? e.textContent.trim() : '')({element})")
 
+    async def choose_file(self, selector: str, path: str, index: int = 0) -> None:
+        """Choose ``path`` in a file input, as a reader does in the file dialog (the page gets its change event)."""
+        root = (await self.send("DOM.getDocument"))["root"]["nodeId"]
+        nodes = (await self.send("DOM.querySelectorAll", nodeId=root, selector=selector))["nodeIds"]
+        await self.send("DOM.setFileInputFiles", files=[str(path)], nodeId=nodes[index])
+
     async def screenshot(self) -> bytes:
         return base64.b64decode((await self.send("Page.captureScreenshot", format="png"))["data"])
