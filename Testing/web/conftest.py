@@ -32,12 +32,11 @@ class Served:
     def __init__(self, data_dir, token: str | None = None):
         from trame.app import get_server
 
-        from shapeprior.web.access import require_token
+        from shapeprior.web.access import guard
         from shapeprior.web.app import ShapePriorWebApp
 
         self.server = get_server(f"test-{uuid.uuid4().hex}", client_type="vue3")
-        if token:
-            require_token(self.server, token)
+        guard(self.server, token)
         self.app = ShapePriorWebApp(self.server, data_dir)
         self.state = self.app.state
 

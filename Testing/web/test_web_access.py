@@ -46,6 +46,23 @@ def test_a_served_page_with_a_token_refuses_requests_without_it(tmp_path):
     run_served(tmp_path, body, token="t0ken")
 
 
+def test_a_second_page_is_refused_while_the_first_is_open(tmp_path):
+    import aiohttp
+    from conftest import run_served
+
+    async def body(served):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(served.url + "ws"):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(served.url + "ws")
+                assert refused.value.status == 409
+            await asyncio.sleep(0.2)  # the first page closed: another may open
+            async with http.ws_connect(served.url + "ws"):
+                pass
+
+    run_served(tmp_path, body)
+
+
 @pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
                                              ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_local_hosts(host, local):

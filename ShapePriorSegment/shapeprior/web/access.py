@@ -1,5 +1,6 @@
 """Who may open the page: on 127.0.0.1 whoever can reach the machine's loopback; elsewhere only a
-browser that brings the server's token (``?token=...`` once, then a cookie)."""
+browser that brings the server's token (``?token=...`` once, then a cookie). One page at a time: a
+server is one reader's session, and a second page would see (and change) the first one's scene."""
 
 from __future__ import annotations
 
@@ -47,7 +48,29 @@ def token_middleware(token: str):
     return check
 
 
-def require_token(server, token: str) -> None:
-    """Install :func:`token_middleware` on the trame server's aiohttp app when it is bound."""
-    middleware = token_middleware(token)
-    server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.append(middleware))
+def one_page_middleware():
+    """An aiohttp middleware refusing (409) a second live websocket: the page of another reader."""
+    open_pages = 0
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        nonlocal open_pages
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return await handler(request)
+        if open_pages:
+            raise web.HTTPConflict(text="shapeprior: this session is open in another page; start another "
+                                        "`shapeprior serve --port N` for a second reader\n")
+        open_pages += 1
+        try:
+            return await handler(request)  # returns when the page's connection closes
+        finally:
+            open_pages -= 1
+
+    return check
+
+
+def guard(server, token: str | None) -> None:
+    """Install the middlewares on the trame server's aiohttp app when it is bound: one page at a time,
+    and the token when there is one."""
+    middlewares = [one_page_middleware()] + ([token_middleware(token)] if token else [])
+    server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(middlewares))

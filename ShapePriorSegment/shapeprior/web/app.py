@@ -277,12 +277,11 @@ def serve(data_dir: str | Path, image: str | None = None, host: str = "127.0.0.1
     import vtk
     from trame.app import get_server
 
-    from .access import require_token
+    from .access import guard
 
     vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's and MRML's chatter; the page shows what went wrong
     server = get_server("shapeprior", client_type="vue3")
-    if token:
-        require_token(server, token)
+    guard(server, token)
     app = ShapePriorWebApp(server, data_dir, max_upload_mb)
     if image:
         app.state.path = image
