@@ -148,3 +148,21 @@ def test_image_only_and_mask_modes(tmp_path):
         assert len(model_nodes(app)) == 2
 
     run_served(tmp_path, body)
+
+
+def test_a_failing_fit_shows_its_error_and_the_page_goes_on(tmp_path, monkeypatch):
+    from shapeprior.jobs import BackgroundJob
+
+    async def body(served):
+        app, state = served.app, served.state
+        draw_three(app)
+        broken = lambda *args, **kwargs: BackgroundJob(lambda progress, stop: 1 / 0).start()  # noqa: E731
+        monkeypatch.setattr(app.session.logic, "startFit", broken)
+        app.fit()
+        assert await served.wait_phase("error", "done") == "error"
+        assert "Unexpected error (ZeroDivisionError" in state.error and not app.session.fitting
+        monkeypatch.undo()
+        app.fit()  # the page goes on
+        assert await served.wait_phase("done", "error") == "done"
+
+    run_served(tmp_path, body)

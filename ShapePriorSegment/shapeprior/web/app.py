@@ -9,6 +9,7 @@ the scene there (MRML and rendering live on the loop).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .session import COLOURINGS, MODES, SLICE_VIEWS, PageError, Session
 
+logger = logging.getLogger(__name__)
 POLL_S = 0.2  # how often the page's progress bar follows the fit
 # Slicer's Four-Up layout: red and 3D above, yellow and green below (the page's views in this order).
 FOUR_UP = Layout(LayoutDirection.Vertical, [
@@ -72,9 +74,19 @@ class ShapePriorWebApp(TrameApp):
         """Run a page action; a :class:`PageError` becomes the page's error line."""
         try:
             return action(*args)
-        except PageError as exc:
-            self._publish(error=str(exc), message="")
+        except Exception as exc:
+            self._report(exc)
         return None
+
+    def _report(self, exc: Exception, **changes) -> None:
+        """Show an error in the page; one that is not a :class:`PageError` is a bug: the server stays
+        up and its log keeps the traceback."""
+        if isinstance(exc, PageError):
+            self._publish(error=str(exc), message="", **changes)
+            return
+        logger.error("page action failed", exc_info=exc)
+        self._publish(error=f"Unexpected error ({type(exc).__name__}: {exc}); the server log has the details.",
+                      message="", **changes)
 
     def _on_mode(self, mode, **_) -> None:
         models = self.session.models(mode)
@@ -167,8 +179,8 @@ class ShapePriorWebApp(TrameApp):
             await asyncio.sleep(POLL_S)
         try:
             result = self.session.finish_fit()
-        except PageError as exc:
-            self._publish(phase="error", error=str(exc), progress=0, stage="")
+        except Exception as exc:
+            self._report(exc, phase="error", progress=0, stage="")
             return
         if result is None:
             self._publish(phase="cancelled", message="Fit cancelled: nothing was added.", progress=0, stage="")
