@@ -52,7 +52,8 @@ def test_a_reader_draws_three_contours_and_fits_in_the_browser(tmp_path):
                                 "document.querySelector('#error').textContent.includes('notes.txt')")
             await page.choose_file("input[type=file]", resourcePath(SAMPLE_IMAGE))
             await page.wait_for("document.querySelector('#message').textContent.includes('abdomen-ct')", 60)
-            assert app.session.volume is not None and not (tmp_path / "abdomen-ct.nii.gz").exists()
+            uploads = app.session.work_dir / "uploads"  # the session's own folder, not the data folder
+            assert app.session.volume is not None and [p.name for p in uploads.iterdir()] == ["abdomen-ct.nii.gz"]
             before = view_image(await page.screenshot(), await page.rect("img.image-display-area", 1))
 
             for view in ("Red", "Yellow", "Green"):

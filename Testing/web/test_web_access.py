@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from shapeprior.cli import main
-from shapeprior.web.access import COOKIE, is_local, token_middleware
+from shapeprior.web.access import is_local, token_middleware
 
 
 def test_the_token_is_asked_for_then_kept_in_a_cookie():
@@ -23,8 +23,9 @@ def test_the_token_is_asked_for_then_kept_in_a_cookie():
         async with TestClient(TestServer(app)) as client:
             assert (await client.get("/")).status == 403
             assert (await client.get("/?token=wrong")).status == 403
+            assert (await client.get("/?token=\u00e9")).status == 403  # not ASCII: refused, not a server error
             first = await client.get("/?token=s3cret")
-            assert first.status == 200 and first.cookies[COOKIE].value == "s3cret"
+            assert first.status == 200 and first.cookies[f"shapeprior_token_{client.port}"].value == "s3cret"
             assert (await client.get("/")).status == 200  # the cookie now carries it
             client.session.cookie_jar.clear()
             assert (await client.get("/")).status == 403
@@ -46,18 +47,23 @@ def test_a_served_page_with_a_token_refuses_requests_without_it(tmp_path):
     run_served(tmp_path, body, token="t0ken")
 
 
-def test_a_second_page_is_refused_while_the_first_is_open(tmp_path):
+def test_other_sites_and_a_second_page_are_refused(tmp_path):
     import aiohttp
     from conftest import run_served
 
     async def body(served):
+        page, own = served.url + "ws", served.url.rstrip("/")
         async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(served.url + "ws"):
+            for origin in (None, "http://evil.example", "http://127.0.0.1:1"):  # other sites' pages
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-                    await http.ws_connect(served.url + "ws")
+                    await http.ws_connect(page, origin=origin)
+                assert refused.value.status == 403
+            async with http.ws_connect(page, origin=own):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(page, origin=own)
                 assert refused.value.status == 409
             await asyncio.sleep(0.2)  # the first page closed: another may open
-            async with http.ws_connect(served.url + "ws"):
+            async with http.ws_connect(page, origin=own):
                 pass
 
     run_served(tmp_path, body)

@@ -11,6 +11,9 @@ import SimpleITK as sitk
 from conftest import LIVER_CENTRE_LPS, draw_contour, ellipse_lps, run_served, show_plane
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+# A MetaImage header whose voxels would be read from any file the server can read.
+DETACHED_MHA = (b"ObjectType = Image\nNDims = 3\nDimSize = 30 30 30\nElementSpacing = 1 1 1\n"
+                b"ElementType = MET_UCHAR\nElementDataFile = /etc/passwd\n")
 
 
 def model_nodes(app) -> list:
@@ -87,6 +90,7 @@ def test_bad_input_gets_a_message_and_the_server_stays_up(tmp_path):
     small = sitk.Image([8, 8, 8], sitk.sitkInt16)
     small[4, 4, 4] = 100
     sitk.WriteImage(small, str(tmp_path / "tiny.nii.gz"))
+    (tmp_path / "link.nii.gz").symlink_to(Path(__file__).resolve())  # a link out of the data folder
 
     async def body(served):
         app, state = served.app, served.state
@@ -98,12 +102,15 @@ def test_bad_input_gets_a_message_and_the_server_stays_up(tmp_path):
             (lambda: app.open_image([{"name": "x.nii.gz", "size": 2**40, "content": b"1"}]), "uploads are limited"),
             (lambda: app.open_image([{"name": "scan.nii.gz", "size": 5, "content": b"hello"}]), "scan.nii.gz"),
             (lambda: app.upload_too_big("big.nii.gz", 2**40), "uploads are limited"),
+            (lambda: app.open_image([{"name": "evil.mha", "size": 120, "content": DETACHED_MHA}]), "another file"),
+            (lambda: app.open_image([{"name": "evil.mhd", "size": 120, "content": DETACHED_MHA}]), "single-file"),
+            (lambda: (state.update(path="link.nii.gz"), app.open_image()), "outside the data folder"),
             (app.fit, "no closed curves"),
         ]
         for action, message in cases:
             action()
             assert message in state.error, (message, state.error)
-        assert not (tmp_path / "x.nii.gz").exists()
+        assert not list((app.session.work_dir / "uploads").iterdir())  # refused uploads are not kept
 
         app.open_sample()
         show_plane(app, "Red", LIVER_CENTRE_LPS)

@@ -13,6 +13,7 @@ import signal
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import aiohttp
 
@@ -44,7 +45,8 @@ class Browser:
     def _devtools_port(self) -> int:
         for line in self.process.stderr:
             found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if found:
+            if found:  # the rest of its chatter is drained, or a full pipe would stall it
+                threading.Thread(target=self.process.stderr.read, daemon=True).start()
                 return int(found.group(1))
         raise RuntimeError("chromium exited before opening its DevTools port")
 

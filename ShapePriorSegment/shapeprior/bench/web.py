@@ -102,7 +102,12 @@ async def _fit(page: Page, button: str) -> dict:
 
 
 async def _session(chromium: str) -> dict:
-    port, data = _free_port(), tempfile.mkdtemp(prefix="shapeprior-bench-web-")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="shapeprior-bench-web-") as data:
+        return await _drive(chromium, port, data)
+
+
+async def _drive(chromium: str, port: int, data: str) -> dict:
     async with Browser(chromium) as page:
         began = time.perf_counter()
         command = [sys.executable, "-m", "shapeprior.cli", "serve", "--port", str(port), "--data", data]

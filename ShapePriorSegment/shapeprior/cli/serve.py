@@ -53,7 +53,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise _missing_extra(exc) from None
     query = f"?token={token}" if token else ""
-    print(f"shapeprior: open http://{'127.0.0.1' if access.is_local(args.host) else args.host}:{args.port}/{query} "
+    address = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"shapeprior: open http://{address}:{args.port}/{query} "
           f"(data folder {data}; Ctrl-C stops)", flush=True)
     serve(data, args.image, args.host, args.port, args.max_upload_mb, token=token)
     return 0
@@ -64,7 +65,7 @@ def _missing_extra(exc: ImportError) -> InputError:
 
 
 def _check_port(host: str, port: int) -> None:
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -1,16 +1,20 @@
 """Who may open the page: on 127.0.0.1 whoever can reach the machine's loopback; elsewhere only a
-browser that brings the server's token (``?token=...`` once, then a cookie). One page at a time: a
-server is one reader's session, and a second page would see (and change) the first one's scene."""
+browser that brings the server's token (``?token=...`` once, then a cookie). The page's websocket is
+refused to other sites (its Origin must be the page's own address, so a web page the reader visits
+cannot drive the session) and to a second page: a server is one reader's session."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import secrets
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-COOKIE = "shapeprior_token"
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                      Awaitable[web.StreamResponse]]
 LOCAL_HOSTS = ("localhost",)
 
 
@@ -19,28 +23,38 @@ def is_local(host: str) -> bool:
     if host in LOCAL_HOSTS:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
 def new_token() -> str:
+    """A random token for ``--token auto``."""
     return secrets.token_urlsafe(24)
 
 
-def token_middleware(token: str):
-    """An aiohttp middleware refusing (403) requests without the token, in the query or the cookie
-    it sets; the page's websocket carries the cookie."""
+def cookie_name(request: web.Request) -> str:
+    """The token's cookie, one per port: cookies are shared by every port of a host."""
+    return f"shapeprior_token_{request.url.port}"
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def token_middleware(token: str) -> Middleware:
+    """Refuse (403) requests without the token, in the query or the cookie it sets; the page's
+    websocket carries the cookie."""
 
     @web.middleware
     async def check(request: web.Request, handler):
         given = request.query.get("token")
-        if given is not None and hmac.compare_digest(given, token):
+        if given is not None and _same(given, token):
             response = await handler(request)
             if not response.prepared:  # a page, not the upgraded websocket
-                response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+                response.set_cookie(cookie_name(request), token, httponly=True, samesite="Strict")
             return response
-        if hmac.compare_digest(request.cookies.get(COOKIE, ""), token):
+        if _same(request.cookies.get(cookie_name(request), ""), token):
             return await handler(request)
         raise web.HTTPForbidden(text="shapeprior: this page needs its token: open the address `shapeprior serve` "
                                      "printed\n")
@@ -48,8 +62,9 @@ def token_middleware(token: str):
     return check
 
 
-def one_page_middleware():
-    """An aiohttp middleware refusing (409) a second live websocket: the page of another reader."""
+def page_middleware(local: bool) -> Middleware:
+    """Refuse a websocket from another site (403: its Origin is not this address; on a local server
+    also a Host that is not a loopback name, as a DNS-rebinding site sends) and a second live page (409)."""
     open_pages = 0
 
     @web.middleware
@@ -57,6 +72,9 @@ def one_page_middleware():
         nonlocal open_pages
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return await handler(request)
+        origin = urlsplit(request.headers.get("Origin", "")).netloc
+        if origin != request.host or (local and not is_local(request.url.host or "")):
+            raise web.HTTPForbidden(text="shapeprior: the page's connection must come from its own address\n")
         if open_pages:
             raise web.HTTPConflict(text="shapeprior: this session is open in another page; start another "
                                         "`shapeprior serve --port N` for a second reader\n")
@@ -69,8 +87,8 @@ def one_page_middleware():
     return check
 
 
-def guard(server, token: str | None) -> None:
-    """Install the middlewares on the trame server's aiohttp app when it is bound: one page at a time,
-    and the token when there is one."""
-    middlewares = [one_page_middleware()] + ([token_middleware(token)] if token else [])
+def guard(server, token: str | None, local: bool = True) -> None:
+    """Install the middlewares on the trame ``server``'s aiohttp app when it is bound: the token
+    first (when there is one), then the websocket's checks."""
+    middlewares = ([token_middleware(token)] if token else []) + [page_middleware(local)]
     server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(middlewares))

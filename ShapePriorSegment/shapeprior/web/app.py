@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from trame.app import TrameApp, asynchronous
@@ -45,7 +46,7 @@ class ShapePriorWebApp(TrameApp):
         self.layouts.register_layout("four-up", FOUR_UP)
         self.layouts.set_layout("four-up")
         self.session = Session(self.slicer, data_dir, max_upload_mb * 2**20)
-        self.task = None  # the task following a running fit
+        self.task = None  # the task following a running fit (kept: the event loop holds tasks weakly)
         self.state.update(
             mode="curves", modes=[{"title": t, "value": k} for k, t in MODES.items()], model=None, models=[],
             path="", mask_path="", phase="idle", progress=0, stage="", message="", error="", curves=[],
@@ -71,7 +72,7 @@ class ShapePriorWebApp(TrameApp):
             self.state.placing = placing.GetAttribute("ShapePriorSegment.View") if placing else ""
 
     def _guard(self, action, *args):
-        """Run a page action; a :class:`PageError` becomes the page's error line."""
+        """Run a page action; what it raises becomes the page's error line (:meth:`_report`)."""
         try:
             return action(*args)
         except Exception as exc:
@@ -89,14 +90,18 @@ class ShapePriorWebApp(TrameApp):
                       message="", **changes)
 
     def _on_mode(self, mode, **_) -> None:
+        if mode not in MODES:
+            return
         models = self.session.models(mode)
         self.state.models = models
         if self.state.model not in models:
             self.state.model = models[0] if models else None
 
     def _on_colouring(self, colouring, **_) -> None:
-        if self.session.result is not None:
-            self.session.colour(colouring)
+        if self.session.result is not None and colouring in COLOURINGS:
+            shown = self._guard(self.session.colour, colouring)
+            if colouring != "none" and shown is None:  # e.g. uncertainty of a mask's result: it has none
+                self._publish(message=f"This result has no {colouring} to colour by.")
 
     def _on_interaction_mode(self, *_) -> None:
         # A right click in a view ends placing, as in Slicer: the curve is finished on the server.
@@ -179,20 +184,24 @@ class ShapePriorWebApp(TrameApp):
             await asyncio.sleep(POLL_S)
         try:
             result = self.session.finish_fit()
-        except Exception as exc:
+            if result is None:
+                self._publish(phase="cancelled", message="Fit cancelled: nothing was added.", progress=0, stage="")
+                return
+            self.session.colour(self.state.colouring)
+            self._publish(phase="done", progress=100, stage="", message=self.session.result_text(),
+                          residuals=self.session.result_rows(), has_result=True, organ=result["report"]["organ"],
+                          suggestion=self.session.logic.suggestionText())
+        except Exception as exc:  # the page must not stay "fitting"
             self._report(exc, phase="error", progress=0, stage="")
-            return
-        if result is None:
-            self._publish(phase="cancelled", message="Fit cancelled: nothing was added.", progress=0, stage="")
-            return
-        self.session.colour(self.state.colouring)
-        self._publish(phase="done", progress=100, stage="", message=self.session.result_text(),
-                      residuals=self.session.result_rows(), has_result=True, organ=result["report"]["organ"],
-                      suggestion=self.session.logic.suggestionText())
 
     def download(self, kind: str):
+        """The file's bytes for the page's download (None, and an error shown, if it cannot be made)."""
         path = self._guard(self.session.export, kind)
-        return None if path is None else self.server.protocol.addAttachment(path.read_bytes())
+        if path is None:
+            return None
+        content = path.read_bytes()
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return self.server.protocol.addAttachment(content)
 
     # ---------------------------------------------------------------- page
 
@@ -276,8 +285,8 @@ class ShapePriorWebApp(TrameApp):
                 for kind in ("vtk", "seg.nrrd", "mrb"):
                     trigger = self.server.controller.trigger_name(self.download)
                     v.VBtn(f".{kind}", size="small", classes="ma-1", prepend_icon="mdi-download",
-                           click=f"utils.download(organ + '.{kind}', trigger('{trigger}', ['{kind}']), "
-                                 "'application/octet-stream')")
+                           click=f"trigger('{trigger}', ['{kind}']).then(data => data && "
+                                 f"utils.download(organ + '.{kind}', data, 'application/octet-stream'))")
 
 
 def serve(data_dir: str | Path, image: str | None = None, host: str = "127.0.0.1", port: int = 8080,
@@ -289,11 +298,11 @@ def serve(data_dir: str | Path, image: str | None = None, host: str = "127.0.0.1
     import vtk
     from trame.app import get_server
 
-    from .access import guard
+    from .access import guard, is_local
 
     vtk.vtkObject.GlobalWarningDisplayOff()  # VTK's and MRML's chatter; the page shows what went wrong
     server = get_server("shapeprior", client_type="vue3")
-    guard(server, token)
+    guard(server, token, is_local(host))
     app = ShapePriorWebApp(server, data_dir, max_upload_mb)
     if image:
         app.state.path = image

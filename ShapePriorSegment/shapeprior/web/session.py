@@ -105,13 +105,19 @@ class Session:
         except InputError as exc:
             raise PageError(str(exc)) from None
 
+    def _check(self, path: Path, mask: bool = False) -> None:
+        """:func:`check_image`; a refused upload is deleted at once."""
+        try:
+            check_image(path, mask)
+        except InputError as exc:
+            if path.is_relative_to(self.work_dir):
+                path.unlink(missing_ok=True)
+            raise PageError(str(exc)) from None
+
     def _show_image(self, path: Path):
         if self.job is not None:
             raise PageError("A fit is running: cancel it before opening another image.")
-        try:
-            check_image(path)
-        except InputError as exc:
-            raise PageError(str(exc)) from None
+        self._check(path)
         volumes = self.slicer.io_manager.load_volumes(str(path))
         if not volumes:
             raise PageError(f"{path.name}: Slicer could not read this image")
@@ -124,10 +130,7 @@ class Session:
         return self.volume
 
     def _show_mask(self, path: Path):
-        try:
-            check_image(path, mask=True)
-        except InputError as exc:
-            raise PageError(str(exc)) from None
+        self._check(path, mask=True)
         mask = self.slicer.volumes_logic.AddArchetypeVolume(str(path), path.name.split(".")[0], 1)
         if mask is None:
             raise PageError(f"{path.name}: Slicer could not read this labelmap")
@@ -184,14 +187,14 @@ class Session:
     def start_fit(self, mode: str, model: str, refit: bool = False):
         """Start the mode's fit in a worker thread (one at a time); poll ``self.job`` and call
         :meth:`finish_fit` when it is done. A refit replaces the last result and starts from it."""
-        from ..fit.contours import check_curves
         from ..settings import FitSettings
 
         if self.job is not None:
             raise PageError("A fit is already running: wait for it, or press Cancel.")
         if model not in self.models(mode):
             raise PageError(f"{model!r} is not a model for {MODES[mode].lower()}")
-        refit = refit and mode == "curves" and self.result is not None
+        # A refit replaces a contour fit (one with a fit state to start from), not a mask's or an image's.
+        refit = refit and mode == "curves" and bool(self.result and self.result["report"].get("fit_state"))
         outputs = {"reference_volume_id": self.volume.GetID() if self.volume else None}
         if refit:
             keys = ("model_node_id", "segmentation_node_id", "segment_name")
@@ -199,8 +202,7 @@ class Session:
         try:
             if mode == "curves":
                 self.finish_curve()
-                annotation = self.logic.readAnnotation("curves", curveNodes=self.curves)
-                check_curves(annotation.curves, annotation.source)
+                annotation = self.logic.readAnnotation("curves", curveNodes=self.curves)  # checks the curves
                 warm = self.logic.warmStartReport(model) if refit else None
                 job = self.logic.startFit(annotation, model, FitSettings(), warm)
             elif mode == "mask":
@@ -288,11 +290,13 @@ class Session:
         return path
 
     def clear(self) -> None:
-        """Forget the drawn contours and the result (a new image starts a new case)."""
-        self.cancel()
+        """Remove the contours, the result and the mask: a new image starts a new case."""
         self.remove_curves()
-        self.result = None
-        self.logic.lastReport = None
+        nodes = [self.mask] + [self.scene.GetNodeByID(self.result[key]) for key in ("model_node_id",
+                 "segmentation_node_id") if self.result]
+        for node in filter(None, nodes):
+            self.scene.RemoveNode(node)
+        self.mask = self.result = self.logic.lastReport = None
 
 
 def _drawing_hint(message: str) -> str:
