@@ -48,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_interrupt(signum: int, frame: object) -> None:
+def _on_interrupt(signum: int, frame) -> None:
     global _interrupted
     _interrupted = True
+    # Raised inside importlib's own code (a module lock's weakref callback) it would be printed as
+    # "Exception ignored" and lost: there, only remember it; the next progress update ends the command.
+    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        return
     raise KeyboardInterrupt
 
 
