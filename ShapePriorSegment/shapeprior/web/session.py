@@ -214,7 +214,7 @@ class Session:
                     raise PageError("Load an image first.")
                 job = self.logic.startImageFit(self.volume, model)
         except InputError as exc:
-            raise PageError(_drawing_hint(str(exc))) from None
+            raise PageError(str(exc)) from None
         self.job, self._outputs = job, outputs
         return job
 
@@ -298,8 +298,3 @@ class Session:
             self.scene.RemoveNode(node)
         self.mask = self.result = self.logic.lastReport = None
 
-
-def _drawing_hint(message: str) -> str:
-    if "non-parallel" in message:
-        return message + " (draw a closed contour in at least two of the red, yellow and green views)"
-    return message
