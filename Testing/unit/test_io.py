@@ -343,3 +343,11 @@ def test_meshes_without_a_frame_are_read_in_the_frame_given(tmp_path, mesh):
     assert ras.volume == pytest.approx(lps.volume)  # a half-turn: the faces keep their winding
     write_mesh(mesh, tmp_path / "shape.vtk")
     np.testing.assert_allclose(read_mesh(tmp_path / "shape.vtk", frame="RAS").vertices, mesh.vertices, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "stem"), [("liver.seg.nrrd", "liver"), ("case.v2.nii.gz", "case.v2"),
+                                            ("CT.NII.GZ", "CT"), ("shape.vtk", "shape"), ("notes.txt", "notes")])
+def test_file_stem_strips_one_whole_suffix(name, stem):
+    from shapeprior.io.formats import file_stem
+
+    assert file_stem(Path(name)) == stem

@@ -22,7 +22,6 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .files import readable_file
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 # 1024^3 voxels: more than any CT or MR volume; a corrupt header claiming more is
 # refused before ITK tries to allocate it.
 MAX_VOXELS = 2**30

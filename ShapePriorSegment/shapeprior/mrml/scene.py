@@ -17,6 +17,7 @@ import vtk
 
 from ..errors import InputError
 from ..fit.outcome import Outcome
+from ..io.formats import file_stem
 from .nodes import add_closed_curves
 from .writer import add_outcome_to_scene
 
@@ -59,14 +60,6 @@ def _logic(scene, name: str):
     return scene.shapeprior_logics[1][name]
 
 
-def _volume_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def write_scene_bundle(path_mrb: str | os.PathLike, outcome: Outcome,
                        volume_path: str | os.PathLike | None = None) -> Path:
     """Write a Slicer scene bundle of a fit: the input volume (if given), the drawn curves, the model
@@ -82,7 +75,7 @@ def write_scene_bundle(path_mrb: str | os.PathLike, outcome: Outcome,
         volume_path = Path(volume_path)
         if not volume_path.is_file():
             raise InputError(volume_path, "no such file")
-        volume = _logic(scene, "Volumes").AddArchetypeVolume(str(volume_path), _volume_name(volume_path))
+        volume = _logic(scene, "Volumes").AddArchetypeVolume(str(volume_path), file_stem(volume_path))
         if volume is None:
             raise InputError(volume_path, "not a volume Slicer can read")
         volume_id = volume.GetID()

@@ -36,8 +36,7 @@ from ..io import (
     write_json,
     write_mesh,
 )
-from ..io.images import IMAGE_SUFFIXES
-from ..io.meshes import MESH_SUFFIXES
+from ..io.formats import IMAGE_SUFFIXES, MESH_SUFFIXES, file_stem
 from ..settings import PrepareSettings
 from ..transform import Similarity
 from .align import align_to_anchor
@@ -66,15 +65,6 @@ def split_names(names: list[str], holdout_every: int) -> tuple[list[str], list[s
     return [n for n in names if n not in held], held
 
 
-def shape_name(path: Path) -> str:
-    """File name without its (possibly double) suffix: ``case_01.nii.gz`` -> ``case_01``."""
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES + MESH_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def find_inputs(src: Path) -> list[tuple[str, Path, str]]:
     """(name, path, kind) for every mask image or mesh in ``src``, sorted by name."""
     if not src.is_dir():
@@ -85,9 +75,9 @@ def find_inputs(src: Path) -> list[tuple[str, Path, str]]:
         if path.name.startswith(".") or not path.is_file():
             continue
         if lower.endswith(IMAGE_SUFFIXES):
-            found.append((shape_name(path), path, "mask"))
+            found.append((file_stem(path), path, "mask"))
         elif lower.endswith(MESH_SUFFIXES):
-            found.append((shape_name(path), path, "mesh"))
+            found.append((file_stem(path), path, "mesh"))
     if not found:
         raise InputError(src, "no masks (.nii.gz, .nrrd, .mha) or meshes (.obj, .stl, .ply, .vtk, .vtp) found")
     names = [n for n, _, _ in found]

@@ -16,6 +16,8 @@ from aiohttp import web
 Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
                       Awaitable[web.StreamResponse]]
 LOCAL_HOSTS = ("localhost",)
+# Bytes of a message around an uploaded file's content (its name, type and the call's envelope).
+MESSAGE_OVERHEAD = 2**16
 
 
 def is_local(host: str) -> bool:
@@ -92,3 +94,20 @@ def guard(server, token: str | None, local: bool = True) -> None:
     first (when there is one), then the websocket's checks."""
     middlewares = ([token_middleware(token)] if token else []) + [page_middleware(local)]
     server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(middlewares))
+
+
+def cap_messages(wslink_server, max_upload_bytes: int) -> None:
+    """Hold the page's messages to an upload's size. After the page's hello, wslink accepts messages of up
+    to 4 GB and allocates each in full on its first chunk, so a client bypassing the page's own size check
+    could make the server reserve that much. Called with the bound wslink server (``on_server_bind``)."""
+    limit = max_upload_bytes + MESSAGE_OVERHEAD
+    for handler in wslink_server._ws_handlers:  # wslink has no setting for this
+        hello = handler.handleSystemMessage
+
+        async def capped(rpcid, method, args, client_id, handler=handler, hello=hello):
+            handled = await hello(rpcid, method, args, client_id)
+            if client_id in handler.unchunkers:
+                handler.unchunkers[client_id].set_max_message_size(limit)
+            return handled
+
+        handler.handleSystemMessage = capped

@@ -18,6 +18,7 @@ from ShapePriorSegmentLib.logic import DEFAULT_MODEL, MODE_MODEL_KINDS, ShapePri
 from ShapePriorSegmentLib.results import residualRows, resultSummary, warningsText
 
 from ..errors import InputError
+from ..io.formats import file_stem
 from .files import check_image, confined, write_upload
 
 SLICE_VIEWS = {"Red": "axial", "Yellow": "sagittal", "Green": "coronal"}
@@ -131,7 +132,7 @@ class Session:
 
     def _show_mask(self, path: Path):
         self._check(path, mask=True)
-        mask = self.slicer.volumes_logic.AddArchetypeVolume(str(path), path.name.split(".")[0], 1)
+        mask = self.slicer.volumes_logic.AddArchetypeVolume(str(path), file_stem(path), 1)
         if mask is None:
             raise PageError(f"{path.name}: Slicer could not read this labelmap")
         if self.mask is not None:
