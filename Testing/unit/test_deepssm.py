@@ -110,23 +110,35 @@ def test_thin_plate_warp_keeps_an_image_when_points_stay_and_shifts_it_with_them
     assert np.allclose(moved, shift, atol=0.3)
 
 
-def test_dissm_from_a_deepssm_start_runs_only_the_shape_stages(deepssm, image_dataset):
-    from shapeprior.fit.deepssm_fit import dissm_start, fit_image_deepssm
-    from shapeprior.fit.image_fit import fit_image
-    from shapeprior.io import read_image
-    from shapeprior.models.registry import load_model
-
-    image = read_image(image_dataset["images"] / "case_01.nii.gz")
-    predicted = fit_image_deepssm(image, str(deepssm[1]))
-    bundle, dissm = load_model(str(image_dataset["refined"]), "dissm")
-    template = load_model(str(deepssm[1]), "deepssm")[1].pdm.template
-    start = dissm_start(predicted.points, template, dissm.space.basis.shape[0])
-    outcome = fit_image(image, (bundle, dissm), start=start)
-    assert [r["stage"] for r in outcome.detail] == ["shape", "refine"]
-    assert outcome.mesh.is_watertight and outcome.report["volume_ml"] > 0
+def test_fit_image_start_from_a_deepssm_prediction_only_refines(deepssm, image_dataset, tmp_path, capsys):
+    image, report, seg = image_dataset["images"] / "case_01.nii.gz", tmp_path / "fit.json", tmp_path / "seg.nii.gz"
+    assert main(["-q", "fit-image", str(image), "--model", str(image_dataset["refined"]), "--start-from",
+                 str(deepssm[1]), "--report", str(report), "--out-seg", str(seg)]) == 0
+    fit = json.loads(report.read_text())
+    assert [s["stage"] for s in fit["stages"]] == ["start", "refine"] and fit["start_model"] == str(deepssm[1])
     # The start places the model's unit sphere on the predicted points: its scale is the organ's, in mm.
-    assert 3.0 < float(start.scale.mean()) < 20.0
+    assert 3.0 < np.mean(fit["stages"][0]["scale_mm_per_unit"]) < 20.0
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(seg))).sum() > 0
+    for model, start, problem in [(image_dataset["refined"], image_dataset["dissm"], "needs a 'deepssm' model"),
+                                  (deepssm[1], deepssm[1], "--start-from: not for deepssm models")]:
+        assert main(["-q", "fit-image", str(image), "--model", str(model), "--start-from", str(start),
+                     "--out-seg", str(tmp_path / "no.nii.gz"), "--overwrite"]) == 2
+        assert problem in capsys.readouterr().err and not (tmp_path / "no.nii.gz").exists()
 
+
+def test_refinement_averages_the_fitted_sdf_and_its_one_voxel_shifts():
+    from shapeprior.models.refiner import build_refiner, refine_sdf, refine_sdf_shifted, voxel_shifts
+
+    volume = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(4, 5, 6)
+    shifted = voxel_shifts(volume)
+    assert shifted.shape == (7, 4, 5, 6) and torch.equal(shifted[0], volume)
+    assert torch.equal(shifted[1][:-1], volume[1:]) and torch.equal(shifted[1][-1], volume[-1])  # axis 0, one way
+    assert torch.equal(shifted[6][:, :, 1:], volume[:, :, :-1]) and torch.equal(shifted[6][:, :, 0], volume[:, :, 0])
+    torch.manual_seed(0)
+    net, image, sdf = build_refiner().eval(), torch.randn(8, 8, 8), torch.randn(8, 8, 8) * 4
+    with torch.no_grad():
+        each = torch.stack([refine_sdf(net, image[None], s[None])[0] for s in voxel_shifts(sdf)])
+        assert torch.allclose(refine_sdf_shifted(net, image, sdf), each.mean(0), atol=1e-5)
 
 
 def test_benchmark_times_the_whole_command(deepssm, image_dataset):

@@ -20,8 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import trimesh
 
-from ..fit.deepssm_fit import dissm_start, fit_image_deepssm
-from ..fit.image_fit import fit_image
+from ..fit.deepssm_fit import fit_image_by_kind, fit_image_deepssm
 from ..io.labelmaps import mesh_to_labelmap
 from ..metrics.surface import surface_metrics
 from ..models.pdm import PointDistributionModel
@@ -87,10 +86,8 @@ def deepssm_rows(case: dict, deepssm, dissm, net, anchor: trimesh.Trimesh, align
         rows.append(shape_row("U-Net -> CPD -> projection", pdm, points, loadings, image, truth,
                               time.perf_counter() - began, mask_metrics))
     if dissm is not None:
-        began = time.perf_counter()
-        start = dissm_start(outcome.points, pdm.template, dissm[1].space.basis.shape[0])
-        fit = fit_image(image, dissm, source=case["path"], start=start)
-        rows.append({"method": "DISSM from DeepSSM", "seconds": seconds + time.perf_counter() - began,
+        fit = fit_image_by_kind(image, dissm, source=case["path"], start_from=deepssm)
+        rows.append({"method": "DISSM from DeepSSM", "seconds": fit.report["seconds"],
                      **mask_metrics(fit.labelmap, case["mask"]),
                      "surface_mm": surface_metrics(fit.mesh, case["surface"], num_points=10000)["assd_mm"]})
     for row in rows:

@@ -90,6 +90,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    f"has: {STAGES_HELP})")
     p.add_argument("--steps", type=number(int, (1, 1000)),
                    help="DISSM: agent steps per stage (default: the model's)")
+    p.add_argument("--start-from", metavar="MODEL",
+                   help="DISSM: place the shape by a DeepSSM model's prediction (e.g. hippocampus-deepssm) instead of "
+                   "the agent's stages, then refine: faster, and as accurate on held-out hippocampi")
     add_outputs(p, {"--out-model": MODEL_OUTPUT, "--out-seg": "segmentation on the image grid (.nii.gz, .nrrd or "
                     ".seg.nrrd)", "--report": "JSON report: pose and loadings per stage, time",
                     "--out-scene": SCENE_OUTPUT + ": image, model, segmentation",
@@ -257,16 +260,20 @@ def run_fit_image(args: argparse.Namespace) -> int:
     kind = read_header(args.model).kind
     if kind not in ("dissm", "deepssm"):
         raise InputError(args.model, f"a {kind!r} model: fit-image needs a dissm or deepssm model")
-    flags = given(args, "out_loadings", "out_points") if kind == "dissm" else given(args, "stages", "steps")
+    flags = (given(args, "out_loadings", "out_points") if kind == "dissm"
+             else given(args, "stages", "steps", "start_from"))
     if flags:
         raise InputError(None, f"{' and '.join(flags)}: not for {kind} models ({args.model} is one)")
-    stages = _stages(args) if kind == "dissm" else None
+    stages = _stages(args) if kind == "dissm" and not args.start_from else None
+    if args.start_from:
+        read_header(args.start_from, "deepssm")
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     image = read_image(args.input)
     from ..fit.deepssm_fit import fit_image_by_kind
     from .output import fit_and_write
 
     return fit_and_write(args, lambda progress: fit_image_by_kind(image, args.model, stages, args.input, progress,
-                                                                  steps=args.steps),
+                                                                  steps=args.steps, start_from=args.start_from),
                          volume_path=args.input)
 
 

@@ -111,18 +111,48 @@ def load_image_model(model: Model) -> tuple:
 def fit_image_by_kind(
     image: sitk.Image, model: Model, stages: Sequence[str] | None = None, source: str = "image",
     progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-    steps: int | None = None,
+    steps: int | None = None, start_from: Model | None = None,
 ) -> Outcome:
-    """:func:`~shapeprior.fit.image_fit.fit_image` with a ``dissm`` model (``stages``, ``steps``: as there),
-    :func:`fit_image_deepssm` with a ``deepssm`` one (which has neither)."""
+    """:func:`~shapeprior.fit.image_fit.fit_image` with a ``dissm`` model (``stages``, ``steps``: as there;
+    ``start_from``: a ``deepssm`` model whose prediction places the shape instead of the agent's pose stages),
+    :func:`fit_image_deepssm` with a ``deepssm`` one (which has none of them)."""
     bundle, loaded = load_image_model(model)
     if bundle.kind == "dissm":
         from .image_fit import fit_image  # the agent's modules (MONAI: 2 s) only where they are used
 
-        return fit_image(image, (bundle, loaded), stages, steps, source, progress, should_stop)
-    if stages is not None or steps is not None:
-        raise InputError(None, f"stages are DISSM's; {bundle.path} is a deepssm model")
+        if start_from is None:
+            return fit_image(image, (bundle, loaded), stages, steps, source, progress, should_stop)
+        began = time.perf_counter()
+        first = as_loaded(start_from, "deepssm")
+        prediction = predicted_start(image, (bundle, loaded), first, source, _part(progress, 0, 0.5), should_stop)
+        outcome = fit_image(image, (bundle, loaded), stages, steps, source, _part(progress, 0.5, 1), should_stop,
+                            dissm_start(prediction.points, first[1].pdm.template, loaded.space.basis.shape[0]))
+        seconds = time.perf_counter() - began
+        outcome.report.update(seconds=seconds, start_model=str(first[0].path))
+        outcome.warnings.extend(prediction.warnings)
+        outcome.summary = (f"fitted {bundle.organ} to {source} from DeepSSM's prediction "
+                           f"({', '.join(r['stage'] for r in outcome.detail if r['stage'] != 'start')}) in {seconds:.1f} s: volume "
+                           f"{outcome.report['volume_ml'] * 1000:.0f} mm3")
+        return outcome
+    if stages is not None or steps is not None or start_from is not None:
+        raise InputError(None, f"stages, steps and a start model are DISSM's; {bundle.path} is a deepssm model")
     return fit_image_deepssm(image, (bundle, loaded), source, progress, should_stop)
+
+
+def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str = "image",
+                    progress: Callable[[float, str], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Outcome:
+    """A ``deepssm`` model's prediction for ``image``, to start a ``dissm`` model from; an
+    :class:`InputError` unless the two models were built on the same prepared shapes (their unit spheres
+    must be the same frame)."""
+    if sorted(deepssm[0].metadata["pdm"]["held_out"]) != sorted(dissm[0].metadata["sdf_training"]["held_out"]):
+        raise InputError(deepssm[0].path, f"was not built on the same prepared shapes as {dissm[0].path}")
+    return fit_image_deepssm(image, deepssm, source, progress, should_stop)
+
+
+def _part(progress: Callable[[float, str], None] | None, begin: float, end: float):
+    """``progress`` of a part of a task that spans fractions ``begin`` to ``end`` of the whole."""
+    return None if progress is None else (lambda fraction, stage: progress(begin + (end - begin) * fraction, stage))
 
 
 def unusual_mahalanobis(modes: int) -> float:

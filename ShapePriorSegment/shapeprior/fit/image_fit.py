@@ -22,7 +22,7 @@ from ..io.frames import index_to_physical
 from ..io.labelmaps import mesh_to_labelmap
 from ..models.dissm import DISSMModel
 from ..models.pose_agent import STAGES, PoseState, apply_correction, render_state
-from ..models.refiner import BAND_MM, refine_sdf
+from ..models.refiner import BAND_MM, refine_sdf_shifted
 from ..models.registry import Model, as_loaded
 from ..models.sdf import extract_mesh
 from ..prep.crops import FINE_GRID, agent_input, intensity_warning
@@ -115,9 +115,9 @@ def refined_fit(model: DISSMModel, image: sitk.Image, state: PoseState) -> trime
     Only the largest connected piece of the refined level set is kept: one organ, no specks.
     """
     volume, grid_mm, reference = agent_input(image, FINE_GRID)
-    fitted = shape_sdf(model, state, torch.tensor(grid_mm))[None]
+    fitted = shape_sdf(model, state, torch.tensor(grid_mm))
     with torch.no_grad():
-        refined = refine_sdf(model.refiner, torch.tensor(volume)[None], fitted)[0].numpy()
+        refined = refine_sdf_shifted(model.refiner, torch.tensor(volume), fitted).numpy()
     mesh = level_set_mesh(refined, 0.0, index_to_physical(reference))
     return largest_component(mesh)[0] if len(mesh.faces) else mesh
 
@@ -130,9 +130,11 @@ def fit_image(
     """Fit a ``dissm`` model to ``image`` (stopping after the last of ``stages``, default all): surface,
     segmentation on the image grid, and per stage the pose and loadings after it (``detail``, the report's
     ``stages``). From a ``start`` pose (e.g. DeepSSM's, :func:`~shapeprior.fit.deepssm_fit.dissm_start`)
-    the stages may begin later (default: shape onwards)."""
+    the stages may begin later (default: the last; from DeepSSM's pose and the mean shape the refinement
+    alone is better than the shape agent's steps first: held-out hippocampi, one refinement pass, median Dice
+    0.872 vs 0.869)."""
     bundle, model = as_loaded(model, "dissm")
-    first = 0 if start is None else model.stages.index("shape")
+    first = 0 if start is None else len(model.stages) - 1
     stages = model.stages[first:] if stages is None else tuple(stages)
     begin = model.stages.index(stages[0]) if stages and stages[0] in model.stages else -1
     if not stages or list(stages) != list(model.stages[begin: begin + len(stages)]) or (start is None and begin):
