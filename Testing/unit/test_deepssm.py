@@ -119,11 +119,20 @@ def test_fit_image_start_from_a_deepssm_prediction_only_refines(deepssm, image_d
     # The start places the model's unit sphere on the predicted points: its scale is the organ's, in mm.
     assert 3.0 < np.mean(fit["stages"][0]["scale_mm_per_unit"]) < 20.0
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(seg))).sum() > 0
-    for model, start, problem in [(image_dataset["refined"], image_dataset["dissm"], "needs a 'deepssm' model"),
-                                  (deepssm[1], deepssm[1], "--start-from: not for deepssm models")]:
-        assert main(["-q", "fit-image", str(image), "--model", str(model), "--start-from", str(start),
+    assert main(["-q", "fit-image", str(image), "--model", str(image_dataset["refined"]), "--start-from",
+                 str(deepssm[1]), "--stages", "shape,refine", "--report", str(report), "--overwrite"]) == 0
+    assert [s["stage"] for s in json.loads(report.read_text())["stages"]] == ["start", "shape", "refine"]
+    refined, dissm = str(image_dataset["refined"]), str(image_dataset["dissm"])
+    for model, start, more, problem in [
+        (refined, dissm, [], "needs a 'deepssm' model"),
+        (str(deepssm[1]), str(deepssm[1]), [], "--start-from: not for deepssm models"),
+        (refined, str(deepssm[1]), ["--stages", "translation,shape"], "--stages must be a consecutive part of"),
+        (refined, str(deepssm[1]), ["--steps", "3"], "--steps: only the pose agent's stages take steps"),
+    ]:
+        assert main(["-q", "fit-image", str(image), "--model", model, "--start-from", start, *more,
                      "--out-seg", str(tmp_path / "no.nii.gz"), "--overwrite"]) == 2
-        assert problem in capsys.readouterr().err and not (tmp_path / "no.nii.gz").exists()
+        err = capsys.readouterr().err
+        assert problem in err and err.count("\n") == 1 and not (tmp_path / "no.nii.gz").exists()
 
 
 def test_refinement_averages_the_fitted_sdf_and_its_one_voxel_shifts():

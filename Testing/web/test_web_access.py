@@ -69,33 +69,46 @@ def test_other_sites_and_a_second_page_are_refused(tmp_path):
     run_served(tmp_path, body)
 
 
-def test_a_message_larger_than_an_upload_is_refused_before_it_is_allocated(tmp_path):
-    """wslink reserves a message's declared size on its first chunk: after the hello, a page that declares
-    more than an upload may hold is cut off, and the server takes the next page."""
+@pytest.mark.parametrize("case", ["one message too large", "two pending messages too large together",
+                                  "a failed hello"])
+def test_messages_larger_than_an_upload_are_refused_before_they_are_allocated(tmp_path, case):
+    """wslink reserves a message's declared size on its first chunk: after the hello, a page whose pending
+    messages declare more than an upload may hold is cut off (before the hello, wslink's own 512 bytes
+    hold), and the server takes the next page."""
     import aiohttp
     import msgpack
     from conftest import run_served
     from wslink.chunking import _encode_header, generate_chunks
 
-    hello = msgpack.packb({"wslink": "1.0", "id": "system:c0:0", "method": "wslink.hello",
-                           "args": [{"secret": "wslink-secret"}], "kwargs": {}})
+    def hello(secret):
+        return msgpack.packb({"wslink": "1.0", "id": "system:c0:0", "method": "wslink.hello",
+                              "args": [{"secret": secret}], "kwargs": {}})
+
+    async def greet(ws, secret="wslink-secret"):
+        for chunk in generate_chunks(hello(secret), 0):
+            await ws.send_bytes(chunk)
+        return msgpack.unpackb((await ws.receive(timeout=10)).data[12:])
 
     async def body(served):
         page, own = served.url + "ws", served.url.rstrip("/")
         limit = served.app.session.max_upload_bytes
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(page, origin=own) as ws:
-                for chunk in generate_chunks(hello, 0):
-                    await ws.send_bytes(chunk)
-                assert msgpack.unpackb((await ws.receive(timeout=10)).data[12:])["result"]["clientID"]
-                await ws.send_bytes(_encode_header(7, 0, 2**20) + b"x")  # within the limit: kept pending
-                await ws.send_bytes(_encode_header(8, 0, limit * 2) + b"x")
+                if case == "a failed hello":
+                    assert "error" in await greet(ws, "wrong")
+                    await ws.send_bytes(_encode_header(7, 0, 2**20) + b"x")
+                else:
+                    assert (await greet(ws))["result"]["clientID"]
+                    await ws.send_bytes(_encode_header(7, 0, 2**20) + b"x")  # within the limit: kept pending
+                    if case == "one message too large":
+                        await ws.send_bytes(_encode_header(8, 0, limit * 2) + b"x")
+                    else:
+                        await ws.send_bytes(_encode_header(8, 0, limit // 2) + b"x")
+                        await ws.send_bytes(_encode_header(9, 0, limit // 2) + b"x")
                 assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             await asyncio.sleep(0.2)
             async with http.ws_connect(page, origin=own) as ws:  # the server is still up
-                for chunk in generate_chunks(hello, 0):
-                    await ws.send_bytes(chunk)
-                assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.BINARY
+                assert (await greet(ws))["result"]["clientID"]
 
     run_served(tmp_path, body)
 

@@ -87,12 +87,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="image (.nii.gz, .nrrd, .mha)")
     p.add_argument("--model", default="hippocampus", help="shipped model name or a .pt bundle (default: hippocampus)")
     p.add_argument("--stages", help=f"DISSM: stages to run, in order, to stop early for QA (default: all the model "
-                   f"has: {STAGES_HELP})")
+                   f"has: {STAGES_HELP}; with --start-from the last)")
     p.add_argument("--steps", type=number(int, (1, 1000)),
                    help="DISSM: agent steps per stage (default: the model's)")
     p.add_argument("--start-from", metavar="MODEL",
-                   help="DISSM: place the shape by a DeepSSM model's prediction (e.g. hippocampus-deepssm) instead of "
-                   "the agent's stages, then refine: faster, and as accurate on held-out hippocampi")
+                   help="DISSM: place the mean shape by a DeepSSM model's prediction (e.g. hippocampus-deepssm) "
+                   "instead of the agent's stages, then run only the model's last stage (its refinement): faster, "
+                   "and as accurate on held-out hippocampi")
     add_outputs(p, {"--out-model": MODEL_OUTPUT, "--out-seg": "segmentation on the image grid (.nii.gz, .nrrd or "
                     ".seg.nrrd)", "--report": "JSON report: pose and loadings per stage, time",
                     "--out-scene": SCENE_OUTPUT + ": image, model, segmentation",
@@ -238,16 +239,24 @@ def run_fit_points(args: argparse.Namespace) -> int:
 
 
 def _stages(args: argparse.Namespace) -> list[str]:
-    """``--stages`` (default: all), a leading part of the DISSM model's stages: its pose agent's, then
-    ``refine`` if it has a refiner. From the bundle's header, before torch is imported."""
+    """``--stages`` of a DISSM model: a leading part of its stages (its pose agent's, then ``refine`` if it
+    has a refiner), all by default; from ``--start-from``'s prediction a consecutive part, the last stage by
+    default. From the bundles' headers, before torch is imported."""
     from ..models.bundle import read_header
 
     header = read_header(args.model, "dissm")
+    if args.start_from:
+        read_header(args.start_from, "deepssm")
     available = list(header.metadata["agent"]["stages"])
     available += ["refine"] if any(name.startswith("refiner.") for name in header.tensors) else []
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else available
-    if not stages or stages != available[: len(stages)]:
-        raise InputError(None, f"--stages must be a leading part of {','.join(available)}, got {args.stages!r}")
+    default = available[-1:] if args.start_from else available
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else default
+    begin = available.index(stages[0]) if stages and stages[0] in available else -1
+    if begin < 0 or (begin and not args.start_from) or stages != available[begin: begin + len(stages)]:
+        part = "a consecutive" if args.start_from else "a leading"
+        raise InputError(None, f"--stages must be {part} part of {','.join(available)}, got {args.stages!r}")
+    if args.steps and stages == ["refine"]:
+        raise InputError(None, "--steps: only the pose agent's stages take steps, and only refine runs")
     return stages
 
 
@@ -264,10 +273,7 @@ def run_fit_image(args: argparse.Namespace) -> int:
              else given(args, "stages", "steps", "start_from"))
     if flags:
         raise InputError(None, f"{' and '.join(flags)}: not for {kind} models ({args.model} is one)")
-    stages = _stages(args) if kind == "dissm" and not args.start_from else None
-    if args.start_from:
-        read_header(args.start_from, "deepssm")
-        stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    stages = _stages(args) if kind == "dissm" else None
     image = read_image(args.input)
     from ..fit.deepssm_fit import fit_image_by_kind
     from .output import fit_and_write

@@ -114,45 +114,46 @@ def fit_image_by_kind(
     steps: int | None = None, start_from: Model | None = None,
 ) -> Outcome:
     """:func:`~shapeprior.fit.image_fit.fit_image` with a ``dissm`` model (``stages``, ``steps``: as there;
-    ``start_from``: a ``deepssm`` model whose prediction places the shape instead of the agent's pose stages),
-    :func:`fit_image_deepssm` with a ``deepssm`` one (which has none of them)."""
+    ``start_from``: a ``deepssm`` model whose prediction places the mean shape, after which only the last
+    stage, the refinement, runs by default), :func:`fit_image_deepssm` with a ``deepssm`` one (which has
+    none of them)."""
     bundle, loaded = load_image_model(model)
     if bundle.kind == "dissm":
-        from .image_fit import fit_image  # the agent's modules (MONAI: 2 s) only where they are used
-
-        if start_from is None:
-            return fit_image(image, (bundle, loaded), stages, steps, source, progress, should_stop)
-        began = time.perf_counter()
-        first = as_loaded(start_from, "deepssm")
-        prediction = predicted_start(image, (bundle, loaded), first, source, _part(progress, 0, 0.5), should_stop)
-        outcome = fit_image(image, (bundle, loaded), stages, steps, source, _part(progress, 0.5, 1), should_stop,
-                            dissm_start(prediction.points, first[1].pdm.template, loaded.space.basis.shape[0]))
-        seconds = time.perf_counter() - began
-        outcome.report.update(seconds=seconds, start_model=str(first[0].path))
-        outcome.warnings.extend(prediction.warnings)
-        outcome.summary = (f"fitted {bundle.organ} to {source} from DeepSSM's prediction "
-                           f"({', '.join(r['stage'] for r in outcome.detail if r['stage'] != 'start')}) in {seconds:.1f} s: volume "
-                           f"{outcome.report['volume_ml'] * 1000:.0f} mm3")
-        return outcome
+        return _fit_dissm(image, (bundle, loaded), stages, steps, source, progress, should_stop, start_from)
     if stages is not None or steps is not None or start_from is not None:
         raise InputError(None, f"stages, steps and a start model are DISSM's; {bundle.path} is a deepssm model")
     return fit_image_deepssm(image, (bundle, loaded), source, progress, should_stop)
 
 
-def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str = "image",
-                    progress: Callable[[float, str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Outcome:
-    """A ``deepssm`` model's prediction for ``image``, to start a ``dissm`` model from; an
-    :class:`InputError` unless the two models were built on the same prepared shapes (their unit spheres
-    must be the same frame)."""
-    if sorted(deepssm[0].metadata["pdm"]["held_out"]) != sorted(dissm[0].metadata["sdf_training"]["held_out"]):
-        raise InputError(deepssm[0].path, f"was not built on the same prepared shapes as {dissm[0].path}")
-    return fit_image_deepssm(image, deepssm, source, progress, should_stop)
+def _fit_dissm(image: sitk.Image, dissm: tuple, stages, steps, source, progress, should_stop, start_from) -> Outcome:
+    """DISSM's fit, placed by its own agent or by the ``start_from`` model's prediction."""
+    from .image_fit import fit_image  # the agent's modules (MONAI: 2 s) only where they are used
+
+    if start_from is None:
+        return fit_image(image, dissm, stages, steps, source, progress, should_stop)
+    deepssm = as_loaded(start_from, "deepssm")
+    began = time.perf_counter()
+    start = predicted_start(image, dissm, deepssm, source)
+    outcome = fit_image(image, dissm, stages, steps, source, progress, should_stop, start)
+    seconds = time.perf_counter() - began
+    outcome.report.update(seconds=seconds, start_model=str(deepssm[0].path))
+    outcome.summary = (f"fitted {dissm[0].organ} to {source} from DeepSSM's prediction "
+                       f"({', '.join(r['stage'] for r in outcome.detail[1:])}) in {seconds:.1f} s: "
+                       f"volume {outcome.report['volume_ml'] * 1000:.0f} mm3")
+    return outcome
 
 
-def _part(progress: Callable[[float, str], None] | None, begin: float, end: float):
-    """``progress`` of a part of a task that spans fractions ``begin`` to ``end`` of the whole."""
-    return None if progress is None else (lambda fraction, stage: progress(begin + (end - begin) * fraction, stage))
+def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str = "image") -> PoseState:
+    """DISSM's start for ``image`` (``dissm``, ``deepssm``: loaded (bundle, model) pairs) from the DeepSSM
+    model's predicted points (:func:`dissm_start`); an :class:`InputError` unless both models were built
+    on the same organ's prepared shapes (their unit spheres must be one frame)."""
+    (dissm_bundle, dissm_model), (bundle, model) = dissm, deepssm
+    held_out = sorted(dissm_bundle.metadata["sdf_training"]["held_out"])
+    if bundle.organ != dissm_bundle.organ or sorted(bundle.metadata["pdm"]["held_out"]) != held_out:
+        raise InputError(bundle.path, f"was not built on the same prepared shapes as {dissm_bundle.path}")
+    check_crop(image, model.reference, bundle.organ, source)
+    points = predict(model, image)[1]
+    return dissm_start(points, model.pdm.template, dissm_model.space.basis.shape[0])
 
 
 def unusual_mahalanobis(modes: int) -> float:

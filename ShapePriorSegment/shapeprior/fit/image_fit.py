@@ -142,11 +142,16 @@ def fit_image(
         raise InputError(None, f"stages must be {where} part of {','.join(model.stages)}, got {','.join(stages)}")
     began = time.perf_counter()
     warnings = [w for w in [intensity_warning(model.metadata["agent"]["intensity_spread_range"], image, source)] if w]
-    records = run_agent(model, image, stages, steps, progress, should_stop, start) or [state_record("start", start)]
+    records = [state_record("start", start)] if start is not None else []
+    records += run_agent(model, image, stages, steps, progress, should_stop, start)
     state = state_from_record(records[-1])
     if "refine" in stages:
+        if should_stop is not None and should_stop():
+            raise FitCancelled("fit cancelled")
         mesh = refined_fit(model, image, state)
         records.append({**records[-1], "stage": "refine"})
+        if progress is not None:
+            progress(1.0, "refine")
     else:
         mesh = state_mesh(model, state)
     if len(mesh.faces) == 0:

@@ -1,4 +1,4 @@
-"""File formats by suffix (no imports: the command line checks outputs before loading anything)."""
+"""File formats by suffix (standard library only: the command line checks outputs before loading anything)."""
 
 from pathlib import Path
 

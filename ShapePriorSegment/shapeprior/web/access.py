@@ -8,10 +8,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from wslink.chunking import HEADER_LENGTH, UnChunker, _decode_header
 
 Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
                       Awaitable[web.StreamResponse]]
@@ -96,18 +97,39 @@ def guard(server, token: str | None, local: bool = True) -> None:
     server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(middlewares))
 
 
-def cap_messages(wslink_server, max_upload_bytes: int) -> None:
-    """Hold the page's messages to an upload's size. After the page's hello, wslink accepts messages of up
-    to 4 GB and allocates each in full on its first chunk, so a client bypassing the page's own size check
-    could make the server reserve that much. Called with the bound wslink server (``on_server_bind``)."""
+def cap_messages(wslink_server: Any, max_upload_bytes: int) -> None:
+    """Hold a page's pending messages together to an upload's size. After the page's hello, wslink
+    accepts messages of up to 4 GB each and allocates each in full on its first chunk, so a client
+    bypassing the page's own size check could make the server reserve that much, or more over several
+    messages at once. Called with the bound wslink server (``on_server_bind``)."""
     limit = max_upload_bytes + MESSAGE_OVERHEAD
     for handler in wslink_server._ws_handlers:  # wslink has no setting for this
         hello = handler.handleSystemMessage
 
         async def capped(rpcid, method, args, client_id, handler=handler, hello=hello):
             handled = await hello(rpcid, method, args, client_id)
-            if client_id in handler.unchunkers:
-                handler.unchunkers[client_id].set_max_message_size(limit)
+            if method == "wslink.hello" and client_id in handler.authentified_client_ids:
+                handler.unchunkers[client_id] = CappedUnChunker(limit)  # the hello was whole: nothing pending
             return handled
 
         handler.handleSystemMessage = capped
+
+
+class CappedUnChunker(UnChunker):
+    """wslink's reassembly of a client's chunked messages, with one limit (bytes) on all of its pending
+    messages together."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.max_message_size = limit
+
+    def set_max_message_size(self, size: int) -> None:
+        """The limit is this class's own; wslink's later calls are ignored."""
+
+    def process_chunk(self, chunk: bytes):
+        message, _, size = _decode_header(chunk[:HEADER_LENGTH])
+        if message not in self.pending_messages:
+            pending = sum(len(p["content"]) for p in self.pending_messages.values())
+            if pending + size > self.max_message_size:
+                raise ValueError(f"messages of {pending + size} bytes exceed the limit of {self.max_message_size}")
+        return super().process_chunk(chunk)

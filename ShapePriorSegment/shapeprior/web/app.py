@@ -47,7 +47,7 @@ class ShapePriorWebApp(TrameApp):
         self.layouts.register_layout("four-up", FOUR_UP)
         self.layouts.set_layout("four-up")
         self.session = Session(self.slicer, data_dir, max_upload_mb * 2**20)
-        self.ctrl.on_server_bind.add(lambda wslink_server: cap_messages(wslink_server, max_upload_mb * 2**20))
+        self.ctrl.on_server_bind.add(lambda wslink_server: cap_messages(wslink_server, self.session.max_upload_bytes))
         self.task = None  # the task following a running fit (kept: the event loop holds tasks weakly)
         self.state.update(
             mode="curves", modes=[{"title": t, "value": k} for k, t in MODES.items()], model=None, models=[],
