@@ -50,14 +50,24 @@ def test_fit_image_writes_surface_loadings_and_points_in_lps(deepssm, image_data
     assert np.linalg.norm(table[:, 1:].mean(0) - centre) < 2.0
 
 
-def test_describe_writes_one_row_per_image(deepssm, image_dataset, tmp_path):
+def test_describe_writes_one_row_per_image(deepssm, image_dataset, tmp_path, capsys):
     images = [str(image_dataset["images"] / f"case_0{i}.nii.gz") for i in range(3)]
+    bright = tmp_path / "bright.nii.gz"  # another modality's range: described, with a warning
+    sitk.WriteImage(sitk.ReadImage(images[0]) * 1000.0, str(bright))
     out = tmp_path / "study.csv"
-    assert main(["-q", "describe", *images, "--model", str(deepssm[1]), "--out", str(out)]) == 0
+    assert main(["-q", "describe", *images, str(bright), "--model", str(deepssm[1]), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [r["image"] for r in rows] == images
+    assert [r["image"] for r in rows] == [*images, str(bright)]
     assert all(float(r["volume_ml"]) > 0 for r in rows)
+    assert "shapeprior: warning: " + str(bright) + ": intensity spread" in capsys.readouterr().err
     assert main(["-q", "describe", *images, "--model", str(deepssm[1]), "--out", str(out)]) == 2  # exists
+    # A bad image whose header passes the first check stops the command before anything is written.
+    nan = sitk.ReadImage(images[0], sitk.sitkFloat32)
+    nan[3, 3, 3] = float("nan")
+    sitk.WriteImage(nan, str(tmp_path / "nan.nrrd"))  # ITK reads NaN in NIfTI files as 0
+    assert main(["-q", "describe", *images, str(tmp_path / "nan.nrrd"), "--model", str(deepssm[1]), "--out",
+                 str(tmp_path / "none.csv")]) == 2
+    assert "NaN" in capsys.readouterr().err and not (tmp_path / "none.csv").exists()
 
 
 def test_bad_deepssm_inputs_get_one_line(deepssm, image_dataset, tmp_path, capsys, helpers):

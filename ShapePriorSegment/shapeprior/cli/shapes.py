@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..errors import InputError
 from .options import check_input
@@ -41,17 +42,23 @@ def run_describe(args: argparse.Namespace) -> int:
 
     from ..fit.deepssm_fit import check_crop, predict
     from ..io import read_image
+    from ..io.images import read_image_header
     from ..io.tables import write_shape_table
     from ..models.registry import as_loaded
+    from ..prep.crops import intensity_warning
     from . import stop_if_interrupted
 
     bundle, model = as_loaded(args.model, "deepssm")
-    for path in tqdm(args.inputs, desc="check", unit="image", disable=args.quiet, dynamic_ncols=True):
-        check_crop(read_image(path), model.reference, bundle.organ, path)
+    for path in args.inputs:  # headers only: a bad input late in a long list stops the command at once
+        check_crop(read_image_header(path), model.reference, bundle.organ, path)
         stop_if_interrupted()
     loadings, volumes = [], []
     for path in tqdm(args.inputs, desc="describe", unit="image", disable=args.quiet, dynamic_ncols=True):
-        z, points, _, _ = predict(model, read_image(path))
+        image = read_image(path)
+        warning = intensity_warning(model.metadata["intensity_spread_range"], image, path)
+        if warning:
+            tqdm.write(f"shapeprior: warning: {warning}", file=sys.stderr)
+        z, points, _, _ = predict(model, image)
         loadings.append(z)
         volumes.append(model.pdm.mesh(points).volume / 1000)
         stop_if_interrupted()

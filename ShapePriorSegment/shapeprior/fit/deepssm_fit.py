@@ -34,13 +34,14 @@ if TYPE_CHECKING:
 CROP_EXTENT_RANGE = (0.5, 3.0)
 
 
-def extent_mm(image: sitk.Image) -> np.ndarray:
+def extent_mm(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     """(3,) physical size of ``image`` along its own axes, mm."""
     return np.array(image.GetSize()) * np.array(image.GetSpacing())
 
 
-def check_crop(image: sitk.Image, reference: sitk.Image, organ: str, source: str) -> None:
-    """An :class:`InputError` unless ``image`` is a crop of about the reference crop's size."""
+def check_crop(image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image, organ: str, source: str) -> None:
+    """An :class:`InputError` unless ``image`` (or an image file's header) is a crop of about the reference
+    crop's size."""
     expected = extent_mm(reference)
     ratio = extent_mm(image) / expected
     lo, hi = CROP_EXTENT_RANGE

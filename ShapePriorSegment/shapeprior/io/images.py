@@ -191,16 +191,27 @@ def _header(path: str | os.PathLike) -> tuple[Path, sitk.ImageFileReader]:
 
 def _read_volume(path: str | os.PathLike, components: bool) -> sitk.Image:
     """A checked 3D image; ``components``: several values per voxel (segmentation layers) allowed."""
-    path, reader = _header(path)
-    _check_header(reader, path)
-    if not components and reader.GetNumberOfComponents() != 1:
-        raise InputError(path, f"a multi-component image ({reader.GetNumberOfComponents()} values per voxel); "
-                         "a scalar volume is required")
+    if components:
+        path, reader = _header(path)
+        _check_header(reader, path)
+    else:
+        path, reader = Path(path), read_image_header(path)
     image = _itk_call(path, reader.Execute)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
             raise InputError(path, "image holds NaN or infinite values")
     return image
+
+
+def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """A reader that has read and checked a 3D scalar image's header (``GetSize``, ``GetSpacing``, ...) but
+    not its voxels: for checking many inputs before the work without reading each twice."""
+    path, reader = _header(path)
+    _check_header(reader, path)
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(path, f"a multi-component image ({reader.GetNumberOfComponents()} values per voxel); "
+                         "a scalar volume is required")
+    return reader
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
