@@ -37,7 +37,7 @@ def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
         if outputs is None:
             return None
         if p.annotationMode == "image":
-            return logic.startImageFit(p.inputVolume, p.model), outputs
+            return logic.startImageFit(p.inputVolume, p.model, startModel(logic, p)), outputs
         return logic.startMaskRefinement(model=p.model, **inputs), outputs
     # The annotation is read before the question: an unreadable one asks nothing.
     annotation = logic.readAnnotation(p.annotationMode, **annotationInputs())
@@ -46,6 +46,18 @@ def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
         return None
     warmStart = logic.warmStartReport(p.model) if refit else None  # a refit starts from the last fit
     return logic.startFit(annotation, p.model, logic.fitSettings(p), warmStart), outputs
+
+
+def startModel(logic, parameterNode) -> str | None:
+    """The DeepSSM model that places an image fit's DISSM model when the user asked for one (a
+    ``ValueError`` saying so if the model has none), else None."""
+    if not parameterNode.placeByDeepSSM or logic.modelKind(parameterNode.model) != "dissm":
+        return None
+    start = logic.startModelFor(parameterNode.model)
+    if start is None:
+        raise ValueError(f"No bundled DeepSSM model can place {parameterNode.model}; "
+                         "untick 'Place by DeepSSM first'.")
+    return start
 
 
 def recordResult(parameterNode, result: dict, scene) -> None:

@@ -165,6 +165,10 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         """The organ of a bundled model name or model file."""
         return self._modelInfo(model)[1]
 
+    def modelKind(self, model: str) -> str:
+        """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file."""
+        return self._modelInfo(model)[0]
+
     def modelForMode(self, model: str, mode: str) -> str:
         """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""
         kinds = MODE_MODEL_KINDS[mode]
@@ -223,13 +227,28 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
             return None
         return self.lastReport if same else None
 
-    def startImageFit(self, volumeNode, model: str = "hippocampus"):
-        """Start an image (DISSM or DeepSSM) fit of a volume in a worker thread; poll the job, then
+    def startModelFor(self, model: str) -> str | None:
+        """The bundled DeepSSM model that can place ``model`` (a DISSM model) before its refinement, faster
+        than its own pose agent; None if there is none."""
+        from shapeprior.fit.deepssm_fit import can_place
+        from shapeprior.models.bundle import read_header
+
+        try:
+            dissm = read_header(model)
+        except Exception:  # missing or unreadable file: the fit will say so
+            return None
+        return next((name for name, path in self.shippedModels().items() if can_place(read_header(path), dissm)),
+                    None)
+
+    def startImageFit(self, volumeNode, model: str = "hippocampus", startFrom: str | None = None):
+        """Start an image (DISSM or DeepSSM) fit of a volume in a worker thread (``startFrom``: a DeepSSM
+        model that places the DISSM model first, see :meth:`startModelFor`); poll the job, then
         :meth:`finishFit`."""
         from shapeprior import mrml
 
         image = mrml.read_volume_image(self.scene, nodeId(volumeNode))
-        return mrml.image_fit_job(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode)).start()
+        return mrml.image_fit_job(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode),
+                                  start_from=startFrom).start()
 
     def startMaskRefinement(self, maskNode, segmentId=None, model: str = "liver"):
         """Start refining a CNN mask (labelmap node, or a segment of a segmentation node) in a worker
@@ -274,13 +293,13 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         ))
 
     def processImage(self, volumeNode, model: str = "hippocampus", stages=None, progress=None,
-                     shouldStop=None, outputSegmentationNode=None) -> dict:
-        """Fit an image-fitting (DISSM or DeepSSM) model straight to a volume; returns the node ids and the
-        report."""
+                     shouldStop=None, outputSegmentationNode=None, startFrom: str | None = None) -> dict:
+        """Fit an image-fitting (DISSM or DeepSSM) model straight to a volume (``startFrom``: as in
+        :meth:`startImageFit`); returns the node ids and the report."""
         from shapeprior.mrml import fit_image_in_scene
 
         return self._written(fit_image_in_scene(
-            self.scene, nodeId(volumeNode), model, stages, progress, shouldStop,
+            self.scene, nodeId(volumeNode), model, stages, progress, shouldStop, startFrom,
             segmentation_node_id=nodeId(outputSegmentationNode),
         ))
 

@@ -25,6 +25,7 @@ class ShapePriorSegmentParameterNode:
     contourBlend - width (mm) of the blend that makes the surface pass through drawn contours (0: off).
     colorByDistance - color the fitted surface by its distance to the annotation.
     colorByUncertainty - color it by its uncertainty (mm) instead.
+    placeByDeepSSM - image only: a bundled DeepSSM model places the DISSM model before its refinement.
     resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
     """
 
@@ -39,6 +40,7 @@ class ShapePriorSegmentParameterNode:
     contourBlend: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
     colorByDistance: bool = True
     colorByUncertainty: bool = False
+    placeByDeepSSM: bool = False
     resultModel: vtkMRMLModelNode
     resultSegmentation: vtkMRMLSegmentationNode
     resultSegmentName: str = ""

@@ -173,3 +173,34 @@ def test_fit_settings_come_from_the_panels_parameters():
     assert (settings.level, settings.global_steps, settings.vertex_steps) == (3, 40, 20)
     assert settings.lambda_dir == 2.5 and settings.contour_blend_mm == 0.0
     assert settings.lambda_latent == FitSettings().lambda_latent  # not on the panel: the command line's default
+
+
+def test_an_image_fit_placed_by_the_bundled_deepssm_model(data_dir, image_dataset):
+    """The panel's 'Place by DeepSSM first': the shipped DeepSSM model places the shipped DISSM model,
+    then only the refinement runs; a model with no such partner is refused in one message."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    from ShapePriorSegmentLib.fitrequest import startJob
+    from shapeprior.mrml import add_volume_node
+
+    scene = new_scene()
+    logic = ShapePriorSegmentLogic(scene)
+    assert logic.startModelFor("hippocampus") == "hippocampus-deepssm"
+    assert logic.startModelFor("liver") is None and logic.startModelFor("hippocampus-deepssm") is None
+    image = sitk.ReadImage(str(data_dir / "hippocampus" / "images" / "hippocampus_001.nii.gz"))
+    volume = scene.GetNodeByID(add_volume_node(scene, image))
+    p = SimpleNamespace(annotationMode="image", model="hippocampus", inputVolume=volume, outputSegmentation=None,
+                        resultModel=None, resultSegmentation=None, resultSegmentName="", placeByDeepSSM=True)
+    job, outputs = startJob(logic, p, dict, False, lambda *names: False)
+    out = logic.finishFit(job, **outputs)
+    assert [s["stage"] for s in out["report"]["stages"]] == ["start", "refine"]
+    assert out["report"]["start_model"].endswith("hippocampus-deepssm/model.pt")
+    assert 1.5 < out["report"]["volume_ml"] < 5.0  # a hippocampus, ml
+    p.placeByDeepSSM = False  # the model's own pose agent
+    assert startJob(logic, p, dict, False, lambda *names: False)[0].result(120).report["stages"][0]["stage"] \
+        == "translation"
+    p.placeByDeepSSM, p.model = True, str(image_dataset["dissm"])  # a DISSM model no bundled DeepSSM model fits
+    with pytest.raises(ValueError, match="No bundled DeepSSM model can place"):
+        startJob(logic, p, dict, False, lambda *names: False)

@@ -141,8 +141,15 @@ def test_image_only_and_mask_modes(tmp_path):
         app, state = served.app, served.state
         state.update(path="images.nii.gz", mode="image")
         app.open_image()
-        assert state.models == ["hippocampus", "hippocampus-deepssm"]
+        assert state.models == ["hippocampus", "hippocampus-deepssm"] and state.model == "hippocampus"
+        assert state.start_model == "hippocampus-deepssm"  # the page offers 'Place by hippocampus-deepssm first'
+        state.place_first = True
+        app.fit()
+        assert await served.wait_phase("done", "error") == "done", state.error
+        assert [s["stage"] for s in app.session.result["report"]["stages"]] == ["start", "refine"]
         state.model = "hippocampus-deepssm"
+        state.flush()
+        assert state.start_model == ""
         app.fit()
         assert await served.wait_phase("done", "error") == "done", state.error
         assert app.session.result["report"]["organ"] == "hippocampus"

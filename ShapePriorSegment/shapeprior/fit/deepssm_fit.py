@@ -27,6 +27,7 @@ from .dals_fit import FitCancelled
 from .outcome import Outcome
 
 if TYPE_CHECKING:
+    from ..models.bundle import ModelBundle
     from ..models.pose_agent import PoseState
 
 # An input crop's extent (mm, per axis) may be this many times smaller or larger than the reference crop's:
@@ -144,13 +145,20 @@ def _fit_dissm(image: sitk.Image, dissm: tuple, stages, steps, source, progress,
     return outcome
 
 
+def can_place(deepssm: ModelBundle, dissm: ModelBundle) -> bool:
+    """Whether a ``deepssm`` model's prediction can place a ``dissm`` model (bundles or headers): the same
+    organ and the same prepared shapes, so that their unit spheres are one frame."""
+    held_out = sorted(dissm.metadata.get("sdf_training", {}).get("held_out", []))
+    return (deepssm.kind, dissm.kind) == ("deepssm", "dissm") and deepssm.organ == dissm.organ and \
+        sorted(deepssm.metadata.get("pdm", {}).get("held_out", [])) == held_out
+
+
 def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str = "image") -> PoseState:
     """DISSM's start for ``image`` (``dissm``, ``deepssm``: loaded (bundle, model) pairs) from the DeepSSM
     model's predicted points (:func:`dissm_start`); an :class:`InputError` unless both models were built
     on the same organ's prepared shapes (their unit spheres must be one frame)."""
     (dissm_bundle, dissm_model), (bundle, model) = dissm, deepssm
-    held_out = sorted(dissm_bundle.metadata["sdf_training"]["held_out"])
-    if bundle.organ != dissm_bundle.organ or sorted(bundle.metadata["pdm"]["held_out"]) != held_out:
+    if not can_place(bundle, dissm_bundle):
         raise InputError(bundle.path, f"was not built on the same prepared shapes as {dissm_bundle.path}")
     check_crop(image, model.reference, bundle.organ, source)
     points = predict(model, image)[1]

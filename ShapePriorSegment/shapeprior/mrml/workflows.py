@@ -61,14 +61,17 @@ def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "l
 
 
 def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hippocampus",
-                  stages: Sequence[str] | None = None, volume_node_id: str | None = None) -> BackgroundJob:
-    """A DISSM or DeepSSM fit of an image read beforehand, in a worker thread; the model is loaded now (a
-    bad model file fails at once). The volume becomes the segmentation's reference geometry."""
+                  stages: Sequence[str] | None = None, volume_node_id: str | None = None,
+                  start_from: str | os.PathLike | None = None) -> BackgroundJob:
+    """A DISSM or DeepSSM fit of an image read beforehand, in a worker thread (``start_from``: a DeepSSM
+    model that places a DISSM model first); the models are loaded now (a bad model file fails at once).
+    The volume becomes the segmentation's reference geometry."""
     from ..fit.deepssm_fit import fit_image_by_kind, load_image_model
 
     loaded = load_image_model(model)
+    start = load_image_model(start_from) if start_from else None
     return BackgroundJob(
-        lambda progress, stop: fit_image_by_kind(image, loaded, stages, source, progress, stop),
+        lambda progress, stop: fit_image_by_kind(image, loaded, stages, source, progress, stop, start_from=start),
         {"reference_volume_id": volume_node_id} if volume_node_id else None,
     )
 
@@ -108,14 +111,16 @@ def refine_mask_in_scene(scene, node_id: str, model: str | os.PathLike, segment_
 
 def fit_image_in_scene(scene, volume_node_id: str, model: str | os.PathLike = "hippocampus",
                        stages: Sequence[str] | None = None, progress: Progress | None = None,
-                       should_stop: ShouldStop | None = None, **outputs) -> dict:
+                       should_stop: ShouldStop | None = None, start_from: str | os.PathLike | None = None,
+                       **outputs) -> dict:
     """An image volume node -> the DISSM or DeepSSM fit's model node and segment (the volume is the
-    segmentation's reference geometry); the report holds the pose per stage (DISSM) or the loadings
-    (DeepSSM) and warnings such as an unusual intensity range."""
+    segmentation's reference geometry; ``start_from``: a DeepSSM model that places a DISSM model first);
+    the report holds the pose per stage (DISSM) or the loadings (DeepSSM) and warnings such as an
+    unusual intensity range."""
     from ..fit.deepssm_fit import fit_image_by_kind
 
     image = read_volume_image(scene, volume_node_id)
     source = scene.GetNodeByID(volume_node_id).GetName()
-    outcome = fit_image_by_kind(image, model, stages, source, progress, should_stop)
+    outcome = fit_image_by_kind(image, model, stages, source, progress, should_stop, start_from=start_from)
     outputs.setdefault("reference_volume_id", volume_node_id)
     return add_outcome_to_scene(scene, outcome, **outputs)

@@ -53,9 +53,10 @@ class ShapePriorWebApp(TrameApp):
             mode="curves", modes=[{"title": t, "value": k} for k, t in MODES.items()], model=None, models=[],
             path="", mask_path="", phase="idle", progress=0, stage="", message="", error="", curves=[],
             placing="", residuals=[], colouring="distance", suggestion="", has_result=False, organ="result",
-            data_dir=str(self.session.data_dir), max_upload=max_upload_mb * 2**20,
+            data_dir=str(self.session.data_dir), max_upload=max_upload_mb * 2**20, start_model="", place_first=False,
         )
         self.state.change("mode")(self._on_mode)
+        self.state.change("model")(self._on_model)
         self.state.change("colouring")(self._on_colouring)
         self._on_mode("curves")
         self.ctrl.on_client_exited.add(self._on_page_closed)
@@ -98,6 +99,10 @@ class ShapePriorWebApp(TrameApp):
         self.state.models = models
         if self.state.model not in models:
             self.state.model = models[0] if models else None
+        self._on_model(self.state.model)
+
+    def _on_model(self, model, **_) -> None:
+        self.state.start_model = self._guard(self.session.start_model, self.state.mode, model) or ""
 
     def _on_colouring(self, colouring, **_) -> None:
         if self.session.result is not None and colouring in COLOURINGS:
@@ -168,7 +173,8 @@ class ShapePriorWebApp(TrameApp):
     def fit(self, refit: bool = False) -> None:
         """Start the fit (an error, e.g. too few contours or a fit already running, shows at once)
         and follow it from a task on the event loop."""
-        job = self._guard(self.session.start_fit, self.state.mode, self.state.model, refit)
+        start = self.state.start_model if self.state.place_first else None
+        job = self._guard(self.session.start_fit, self.state.mode, self.state.model, refit, start)
         if job is None:
             return
         self._publish(phase="fitting", progress=0, stage="starting", error="", message="")
@@ -220,6 +226,9 @@ class ShapePriorWebApp(TrameApp):
                     self._inputs_ui(ctrl_name)
                     v.VSelect(label="Task", v_model=("mode",), items=("modes",), density="compact")
                     v.VSelect(label="Model", v_model=("model",), items=("models",), density="compact")
+                    v.VCheckbox(v_model=("place_first",), v_if="mode === 'image' && start_model", density="compact",
+                                label=("'Place by ' + start_model + ' first (faster)'",), hide_details=True,
+                                id="place_first")
                     self._contours_ui()
                     self._fit_ui()
                     self._result_ui()

@@ -185,9 +185,14 @@ class Session:
     def fitting(self) -> bool:
         return self.job is not None
 
-    def start_fit(self, mode: str, model: str, refit: bool = False):
+    def start_model(self, mode: str, model: str | None) -> str:
+        """The shipped DeepSSM model that can place an image fit's DISSM ``model`` first ('' if none)."""
+        return (self.logic.startModelFor(model) or "") if mode == "image" and model in self.models(mode) else ""
+
+    def start_fit(self, mode: str, model: str, refit: bool = False, start_from: str | None = None):
         """Start the mode's fit in a worker thread (one at a time); poll ``self.job`` and call
-        :meth:`finish_fit` when it is done. A refit replaces the last result and starts from it."""
+        :meth:`finish_fit` when it is done. A refit replaces the last result and starts from it;
+        ``start_from``: a DeepSSM model that places an image fit's DISSM model (:meth:`start_model`)."""
         from ..settings import FitSettings
 
         if self.job is not None:
@@ -213,7 +218,7 @@ class Session:
             else:
                 if self.volume is None:
                     raise PageError("Load an image first.")
-                job = self.logic.startImageFit(self.volume, model)
+                job = self.logic.startImageFit(self.volume, model, start_from or None)
         except InputError as exc:
             raise PageError(str(exc)) from None
         self.job, self._outputs = job, outputs
