@@ -52,7 +52,8 @@ class ShapePriorSegment(ScriptedLoadableModule):
 Delineate a whole organ from a few contours. Draw closed curves on a few slices of at least two different views (for
 example one axial, one sagittal and one coronal), or paint a few slices in the Segment Editor, or pick a CNN mask to
 refine; choose the organ's shape model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model
-(hippocampus, or the faster hippocampus-deepssm) finds the organ in the input volume without any annotation. A
+finds the organ in the input volume without any annotation: hippocampus (tick <i>Place by DeepSSM first</i> to let
+hippocampus-deepssm place it: as accurate, faster), or hippocampus-deepssm alone (fastest, less accurate). A
 learned statistical shape prior completes the organ between the contours. The result is a smooth model and a segment (closed surface) named after the organ; the
 <b>Quality check</b> section lists how far each contour is from the surface, colors the surface by its distance to the
 annotation or by its uncertainty, and <b>Suggest next contour</b> shows the slice where one more contour helps most.
@@ -193,10 +194,20 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         busy = self._job is not None
         ready = self._parameterNode is not None and self._annotationReady()
         self.ui.fitButton.enabled = ready and not busy
+        self.ui.placeByDeepSSMCheckBox.enabled = self._parameterNode is not None and self._placeable()
         self.ui.cancelButton.enabled = busy
         hasResult = self._parameterNode is not None and self._parameterNode.resultModel is not None
         self.ui.addContourButton.enabled = hasResult and not busy and self._parameterNode.annotationMode == "curves"
         self.ui.suggestButton.enabled = self.ui.addContourButton.enabled and self.logic.suggestedPlane() is not None
+
+    def _placeable(self) -> bool:
+        """Whether 'Place by DeepSSM first' applies: Image only with a DISSM model."""
+        if self._parameterNode.annotationMode != "image":
+            return False
+        try:
+            return self.logic.modelKind(self._parameterNode.model) == "dissm"
+        except Exception:  # the core not installed yet, or an unreadable model: the fit will say which
+            return False
 
     def _annotationReady(self) -> bool:
         mode = self._parameterNode.annotationMode

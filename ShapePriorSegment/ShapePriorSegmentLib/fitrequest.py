@@ -33,11 +33,12 @@ def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
     p = parameterNode
     if p.annotationMode in ("image", "mask"):
         inputs = annotationInputs() if p.annotationMode == "mask" else {}
+        start = startModel(logic, p) if p.annotationMode == "image" else None  # refused before any question
         outputs = outputOptions(logic, p, False, askReplace)
         if outputs is None:
             return None
         if p.annotationMode == "image":
-            return logic.startImageFit(p.inputVolume, p.model, startModel(logic, p)), outputs
+            return logic.startImageFit(p.inputVolume, p.model, start), outputs
         return logic.startMaskRefinement(model=p.model, **inputs), outputs
     # The annotation is read before the question: an unreadable one asks nothing.
     annotation = logic.readAnnotation(p.annotationMode, **annotationInputs())

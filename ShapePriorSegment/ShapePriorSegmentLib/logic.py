@@ -165,9 +165,13 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         """The organ of a bundled model name or model file."""
         return self._modelInfo(model)[1]
 
-    def modelKind(self, model: str) -> str:
-        """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file."""
-        return self._modelInfo(model)[0]
+    @staticmethod
+    def modelKind(model: str) -> str:
+        """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file, from its
+        header (without torch)."""
+        from shapeprior.models.bundle import read_header
+
+        return read_header(model).kind
 
     def modelForMode(self, model: str, mode: str) -> str:
         """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""
@@ -233,12 +237,16 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         from shapeprior.fit.deepssm_fit import can_place
         from shapeprior.models.bundle import read_header
 
-        try:
-            dissm = read_header(model)
-        except Exception:  # missing or unreadable file: the fit will say so
-            return None
-        return next((name for name, path in self.shippedModels().items() if can_place(read_header(path), dissm)),
-                    None)
+        def header(path):
+            try:
+                return read_header(path)
+            except Exception:  # missing or unreadable file: no partner (a fit with it will say what is wrong)
+                return None
+
+        dissm = header(model)
+        partners = (name for name, path in self.shippedModels().items()
+                    if dissm is not None and (other := header(path)) is not None and can_place(other, dissm))
+        return next(partners, None)
 
     def startImageFit(self, volumeNode, model: str = "hippocampus", startFrom: str | None = None):
         """Start an image (DISSM or DeepSSM) fit of a volume in a worker thread (``startFrom``: a DeepSSM

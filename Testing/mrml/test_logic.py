@@ -201,6 +201,13 @@ def test_an_image_fit_placed_by_the_bundled_deepssm_model(data_dir, image_datase
     p.placeByDeepSSM = False  # the model's own pose agent
     assert startJob(logic, p, dict, False, lambda *names: False)[0].result(120).report["stages"][0]["stage"] \
         == "translation"
+    from shapeprior.errors import InputError
+    from shapeprior.mrml import image_fit_job
+
+    for model, start, problem in [("hippocampus", "hippocampus", "needs a 'deepssm' model"),
+                                  (str(image_dataset["refined"]), "hippocampus-deepssm", "same prepared shapes")]:
+        with pytest.raises(InputError, match=problem):  # at once, not in the worker
+            image_fit_job(image, "T1", model, start_from=start)
     p.placeByDeepSSM, p.model = True, str(image_dataset["dissm"])  # a DISSM model no bundled DeepSSM model fits
     with pytest.raises(ValueError, match="No bundled DeepSSM model can place"):
         startJob(logic, p, dict, False, lambda *names: False)

@@ -147,6 +147,10 @@ def test_image_only_and_mask_modes(tmp_path):
         app.fit()
         assert await served.wait_phase("done", "error") == "done", state.error
         assert [s["stage"] for s in app.session.result["report"]["stages"]] == ["start", "refine"]
+        from shapeprior.web.session import PageError
+
+        with pytest.raises(PageError, match="cannot place"):  # the page's state is the client's to write
+            app.session.start_fit("image", "hippocampus", False, "liver")
         state.model = "hippocampus-deepssm"
         state.flush()
         assert state.start_model == ""

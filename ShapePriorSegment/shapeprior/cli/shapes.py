@@ -49,7 +49,7 @@ def run_describe(args: argparse.Namespace) -> int:
     from . import stop_if_interrupted
 
     bundle, model = as_loaded(args.model, "deepssm")
-    for path in args.inputs:  # headers only: a bad input late in a long list stops the command at once
+    for path in args.inputs:  # headers: most bad inputs late in a long list stop the command at once
         check_crop(read_image_header(path), model.reference, bundle.organ, path)
         stop_if_interrupted()
     loadings, volumes = [], []

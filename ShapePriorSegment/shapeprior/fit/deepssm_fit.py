@@ -147,10 +147,16 @@ def _fit_dissm(image: sitk.Image, dissm: tuple, stages, steps, source, progress,
 
 def can_place(deepssm: ModelBundle, dissm: ModelBundle) -> bool:
     """Whether a ``deepssm`` model's prediction can place a ``dissm`` model (bundles or headers): the same
-    organ and the same prepared shapes, so that their unit spheres are one frame."""
+    organ and the same prepared shapes (the same held-out cases), so that their unit spheres are one frame."""
     held_out = sorted(dissm.metadata.get("sdf_training", {}).get("held_out", []))
     return (deepssm.kind, dissm.kind) == ("deepssm", "dissm") and deepssm.organ == dissm.organ and \
-        sorted(deepssm.metadata.get("pdm", {}).get("held_out", [])) == held_out
+        bool(held_out) and sorted(deepssm.metadata.get("pdm", {}).get("held_out", [])) == held_out
+
+
+def check_placing(deepssm: ModelBundle, dissm: ModelBundle) -> None:
+    """An :class:`InputError` unless :func:`can_place`."""
+    if not can_place(deepssm, dissm):
+        raise InputError(deepssm.path, f"was not built on the same prepared shapes as {dissm.path}")
 
 
 def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str = "image") -> PoseState:
@@ -158,8 +164,7 @@ def predicted_start(image: sitk.Image, dissm: tuple, deepssm: tuple, source: str
     model's predicted points (:func:`dissm_start`); an :class:`InputError` unless both models were built
     on the same organ's prepared shapes (their unit spheres must be one frame)."""
     (dissm_bundle, dissm_model), (bundle, model) = dissm, deepssm
-    if not can_place(bundle, dissm_bundle):
-        raise InputError(bundle.path, f"was not built on the same prepared shapes as {dissm_bundle.path}")
+    check_placing(bundle, dissm_bundle)
     check_crop(image, model.reference, bundle.organ, source)
     points = predict(model, image)[1]
     return dissm_start(points, model.pdm.template, dissm_model.space.basis.shape[0])

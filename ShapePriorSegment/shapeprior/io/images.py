@@ -205,7 +205,8 @@ def _read_volume(path: str | os.PathLike, components: bool) -> sitk.Image:
 
 def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
     """A reader that has read and checked a 3D scalar image's header (``GetSize``, ``GetSpacing``, ...) but
-    not its voxels: for checking many inputs before the work without reading each twice."""
+    not its voxels (a .nii.gz is still decompressed once to check its length): for checking many inputs
+    before the work; NaN voxels are found when the image is read."""
     path, reader = _header(path)
     _check_header(reader, path)
     if reader.GetNumberOfComponents() != 1:

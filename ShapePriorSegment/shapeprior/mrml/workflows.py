@@ -66,10 +66,13 @@ def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hi
     """A DISSM or DeepSSM fit of an image read beforehand, in a worker thread (``start_from``: a DeepSSM
     model that places a DISSM model first); the models are loaded now (a bad model file fails at once).
     The volume becomes the segmentation's reference geometry."""
-    from ..fit.deepssm_fit import fit_image_by_kind, load_image_model
+    from ..fit.deepssm_fit import check_placing, fit_image_by_kind, load_image_model
+    from ..models.registry import as_loaded
 
     loaded = load_image_model(model)
-    start = load_image_model(start_from) if start_from else None
+    start = as_loaded(start_from, "deepssm") if start_from else None
+    if start is not None:
+        check_placing(start[0], loaded[0])
     return BackgroundJob(
         lambda progress, stop: fit_image_by_kind(image, loaded, stages, source, progress, stop, start_from=start),
         {"reference_volume_id": volume_node_id} if volume_node_id else None,

@@ -218,6 +218,8 @@ class Session:
             else:
                 if self.volume is None:
                     raise PageError("Load an image first.")
+                if start_from and start_from != self.start_model(mode, model):
+                    raise PageError(f"{start_from!r} cannot place {model!r}")
                 job = self.logic.startImageFit(self.volume, model, start_from or None)
         except InputError as exc:
             raise PageError(str(exc)) from None
