@@ -153,25 +153,21 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         return {organ: path for organ, path in found.items() if os.path.isfile(path)}
 
     def _modelInfo(self, model: str) -> tuple:
-        """(kind, organ) of a bundled model name or model file, read from the bundle once."""
+        """(kind, organ) of a bundled model name or model file, read from its header once (without torch)."""
         if model not in self._organs:
-            from shapeprior.models.bundle import load_bundle
+            from shapeprior.models.bundle import read_header
 
-            bundle = load_bundle(model)
-            self._organs[model] = (bundle.kind, bundle.organ)
+            header = read_header(model)
+            self._organs[model] = (header.kind, header.organ)
         return self._organs[model]
 
     def modelOrgan(self, model: str) -> str:
         """The organ of a bundled model name or model file."""
         return self._modelInfo(model)[1]
 
-    @staticmethod
-    def modelKind(model: str) -> str:
-        """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file, from its
-        header (without torch)."""
-        from shapeprior.models.bundle import read_header
-
-        return read_header(model).kind
+    def modelKind(self, model: str) -> str:
+        """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file."""
+        return self._modelInfo(model)[0]
 
     def modelForMode(self, model: str, mode: str) -> str:
         """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""

@@ -191,11 +191,7 @@ def _header(path: str | os.PathLike) -> tuple[Path, sitk.ImageFileReader]:
 
 def _read_volume(path: str | os.PathLike, components: bool) -> sitk.Image:
     """A checked 3D image; ``components``: several values per voxel (segmentation layers) allowed."""
-    if components:
-        path, reader = _header(path)
-        _check_header(reader, path)
-    else:
-        path, reader = Path(path), read_image_header(path)
+    path, reader = Path(path), read_image_header(path, components)
     image = _itk_call(path, reader.Execute)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
@@ -203,13 +199,14 @@ def _read_volume(path: str | os.PathLike, components: bool) -> sitk.Image:
     return image
 
 
-def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
-    """A reader that has read and checked a 3D scalar image's header (``GetSize``, ``GetSpacing``, ...) but
-    not its voxels (a .nii.gz is still decompressed once to check its length): for checking many inputs
-    before the work; NaN voxels are found when the image is read."""
+def read_image_header(path: str | os.PathLike, components: bool = False) -> sitk.ImageFileReader:
+    """A reader that has read and checked a 3D image's header (``GetSize``, ``GetSpacing``, ...) but not its
+    voxels (a .nii.gz is still decompressed once to check its length): for checking many inputs before
+    the work; NaN voxels are found when the image is read. ``components``: several values per voxel
+    allowed (segmentation layers), else a scalar image is required."""
     path, reader = _header(path)
     _check_header(reader, path)
-    if reader.GetNumberOfComponents() != 1:
+    if not components and reader.GetNumberOfComponents() != 1:
         raise InputError(path, f"a multi-component image ({reader.GetNumberOfComponents()} values per voxel); "
                          "a scalar volume is required")
     return reader
