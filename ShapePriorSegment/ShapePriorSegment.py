@@ -11,6 +11,7 @@ are in ``ShapePriorSegmentLib``; this file only wires the panel to them.
 import logging
 import os
 import sys
+import time
 
 import qt
 import slicer
@@ -77,11 +78,24 @@ Antonelli et al. 2022) and is shared under CC BY-SA 4.0. The code is under the A
 #
 
 
+def _withArrowCursor(ask):
+    """``ask()`` (a question) with the normal cursor, though it is asked under a wait cursor."""
+    qt.QApplication.setOverrideCursor(qt.QCursor(qt.Qt.ArrowCursor))
+    try:
+        return ask()
+    finally:
+        qt.QApplication.restoreOverrideCursor()
+
+
 class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel. The fit runs in a worker thread; a timer polls it on the GUI thread,
     which alone reads the inputs from the scene and writes the results to it."""
 
-    POLL_INTERVAL_MS = 100
+    # Slicer's GUI thread holds Python's GIL while it waits for events, so a Python worker thread
+    # only runs while the GUI thread sleeps: each poll sleeps, and polls follow each other at once
+    # (the panel still answers between them).
+    POLL_INTERVAL_MS = 0
+    GIL_YIELD_S = 0.01
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -127,9 +141,11 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.placeYellowButton.connect("clicked(bool)", lambda: self.onPlaceContour("Yellow"))
         self.ui.placeGreenButton.connect("clicked(bool)", lambda: self.onPlaceContour("Green"))
         self.ui.contourNodesComboBox.connect("checkedNodesChanged()", self._checkCanFit)
-        self.ui.paintedSegmentSelector.connect("currentSegmentChanged(QString)", self._checkCanFit)
+        # The segment selectors keep their last segment ID when their segmentation goes: check both signals.
+        for selector in (self.ui.paintedSegmentSelector, self.ui.maskSegmentSelector):
+            selector.connect("currentSegmentChanged(QString)", self._checkCanFit)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self._checkCanFit)
         self.ui.maskLabelmapSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._checkCanFit)
-        self.ui.maskSegmentSelector.connect("currentSegmentChanged(QString)", self._checkCanFit)
         self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.addContourButton.connect("clicked(bool)", self.onAddContourButton)
@@ -149,6 +165,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._refitCurve = None  # a contour finished after leaving the module starts no refit
         self.setParameterNode(None)
 
     def onReload(self) -> None:
@@ -170,10 +187,11 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume:
-                self._parameterNode.inputVolume = firstVolume
+        if not self._parameterNode.inputVolume:  # the first image, not a labelmap (the selector hides those)
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            images = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+            if images:
+                self._parameterNode.inputVolume = images[0]
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -211,13 +229,22 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _annotationReady(self) -> bool:
         mode = self._parameterNode.annotationMode
-        if mode == "curves":
-            return len(self.ui.contourNodesComboBox.checkedNodes()) > 0
+        if mode == "curves":  # a curve still being placed (under 3 points) is not an annotation yet
+            nodes = self.ui.contourNodesComboBox.checkedNodes()
+            return len(nodes) > 0 and all(node.GetNumberOfDefinedControlPoints() >= 3 for node in nodes)
         if mode == "painted":
-            return bool(self.ui.paintedSegmentSelector.currentSegmentID())
+            return self._selectedSegment(self.ui.paintedSegmentSelector) is not None
         if mode == "image":
             return self._parameterNode.inputVolume is not None
-        return bool(self.ui.maskLabelmapSelector.currentNode() or self.ui.maskSegmentSelector.currentSegmentID())
+        return bool(self.ui.maskLabelmapSelector.currentNode() or self._selectedSegment(self.ui.maskSegmentSelector))
+
+    @staticmethod
+    def _selectedSegment(selector):
+        """(segmentation node, segment ID) of a segment selector if that segment exists, else None."""
+        node, segmentId = selector.currentNode(), selector.currentSegmentID()
+        if node is None or not segmentId or node.GetSegmentation().GetSegment(segmentId) is None:
+            return None
+        return node, segmentId
 
     # ---------------------------------------------------------------- inputs
 
@@ -277,6 +304,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onInteractionModeChanged(self, caller, event) -> None:
         finished = self.logic.contourPlacementEnded(self._refitCurve)  # None: still placing
         self._refitCurve = self._refitCurve if finished is None else None
+        self._checkCanFit()
         if finished:
             self._startFit(refit=True)
 
@@ -292,10 +320,10 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _ensureDependencies(self) -> bool:
         missing = self.logic.missingDependencies()
-        if missing and not slicer.util.confirmOkCancelDisplay(
+        if missing and not _withArrowCursor(lambda: slicer.util.confirmOkCancelDisplay(
             _("ShapePriorSegment needs these Python packages; install them now (this can take several minutes)?")
             + "\n\n" + "\n".join(missing),
-        ):
+        )):
             return False
         if missing:
             self.ui.statusLabel.text = _("Installing Python packages...")
@@ -311,12 +339,12 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._jobCurveNames = [node.GetName() for node in nodes]
             return {"curveNodes": nodes}
         if mode == "painted":
-            selector = self.ui.paintedSegmentSelector
-            return {"segmentationNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
+            node, segmentId = self._selectedSegment(self.ui.paintedSegmentSelector) or (None, None)
+            return {"segmentationNode": node, "segmentId": segmentId}
         if self.ui.maskLabelmapSelector.currentNode():
             return {"maskNode": self.ui.maskLabelmapSelector.currentNode()}
-        selector = self.ui.maskSegmentSelector
-        return {"maskNode": selector.currentNode(), "segmentId": selector.currentSegmentID()}
+        node, segmentId = self._selectedSegment(self.ui.maskSegmentSelector) or (None, None)
+        return {"maskNode": node, "segmentId": segmentId}
 
     def _askReplace(self, segmentationName: str, segmentName: str):
         """True: replace the segment; False: keep both; None: cancel."""
@@ -327,7 +355,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         replaceButton = box.addButton(_("Replace it"), qt.QMessageBox.DestructiveRole)
         keepButton = box.addButton(_("Keep both"), qt.QMessageBox.AcceptRole)
         box.addButton(qt.QMessageBox.Cancel)
-        box.exec_()
+        _withArrowCursor(box.exec_)
         clicked = box.clickedButton()
         return True if clicked == replaceButton else False if clicked == keepButton else None
 
@@ -355,6 +383,7 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if job is None:
             self._pollTimer.stop()
             return
+        time.sleep(self.GIL_YIELD_S)
         fraction, stage = job.progress
         self.ui.progressBar.value = round(100 * fraction)
         if not job.cancelled:

@@ -83,6 +83,7 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         # The report of the last fit written to the scene: its suggested next contour, and the
         # state an "add contour and refit" starts from.
         self.lastReport = None
+        self._placePersistence = None  # the interaction node's place persistence before our contour
 
     # ---------------------------------------------------------------- dependencies
 
@@ -343,6 +344,8 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsClosedCurveNode")
         selection.SetActivePlaceNodeID(node.GetID())
         interaction = self.interactionNode()
+        if self._placePersistence is None:  # given back when the place mode ends (contourPlacementEnded)
+            self._placePersistence = interaction.GetPlaceModePersistence()
         interaction.SetPlaceModePersistence(1)  # keep adding points until the user ends the curve
         interaction.SetCurrentInteractionMode(interaction.Place)
         return node
@@ -386,7 +389,12 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         """After an interaction-mode change: None while ``curve`` is still being placed (or there is
         none), else whether it was finished with at least 3 points."""
         interaction = self.interactionNode()
-        if curve is None or interaction.GetCurrentInteractionMode() == interaction.Place:
+        if interaction.GetCurrentInteractionMode() == interaction.Place:
+            return None
+        if self._placePersistence is not None:  # other modules' placing as it was before ours
+            interaction.SetPlaceModePersistence(self._placePersistence)
+            self._placePersistence = None
+        if curve is None:
             return None
         return bool(self.scene.IsNodePresent(curve) and curve.GetNumberOfDefinedControlPoints() >= 3)
 

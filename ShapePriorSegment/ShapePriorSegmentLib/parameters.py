@@ -36,7 +36,7 @@ class ShapePriorSegmentParameterNode:
     level: Annotated[int, WithinRange(2, 6)] = 4
     globalSteps: Annotated[int, WithinRange(1, 2000)] = 80
     vertexSteps: Annotated[int, WithinRange(0, 5000)] = 40
-    smoothness: Annotated[float, WithinRange(0.0, 100000.0)] = 1.0
+    smoothness: Annotated[float, WithinRange(0.0, 1000.0)] = 1.0  # the core's range (FitSettings.lambda_dir)
     contourBlend: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
     colorByDistance: bool = True
     colorByUncertainty: bool = False

@@ -238,15 +238,18 @@ def test_suggestion_text_names_the_slice_as_slicer_shows_it():
 def test_placing_a_contour_ends_when_the_place_mode_does(scene):
     logic = ShapePriorSegmentLogic(scene)
     add_slice_views(scene)
-    curve = logic.startPlacingContour("Yellow")
     interaction = logic.interactionNode()
+    interaction.SetPlaceModePersistence(0)  # the user's setting for other modules' placing
+    curve = logic.startPlacingContour("Yellow")
     assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert interaction.GetPlaceModePersistence() == 1  # a curve takes many points
     assert logic.contourPlacementEnded(curve) is None  # still placing
     assert logic.contourPlacementEnded(None) is None  # no contour awaited
     for point in ([0.0, 0.0, 0.0], [0.0, 10.0, 0.0]):
         curve.AddControlPoint(point)
     interaction.SetCurrentInteractionMode(interaction.ViewTransform)
     assert logic.contourPlacementEnded(curve) is False  # two points: not a contour
+    assert interaction.GetPlaceModePersistence() == 0  # given back
     curve.AddControlPoint([0.0, 10.0, 10.0])
     assert logic.contourPlacementEnded(curve) is True
     scene.RemoveNode(curve)
