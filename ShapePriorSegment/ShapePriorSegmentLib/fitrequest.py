@@ -5,6 +5,8 @@ The panel passes what needs it: a function that reads the annotation's nodes fro
 and one that asks whether to replace an existing segment.
 """
 
+from __future__ import annotations  # Slicer 5.6 and 5.8 run Python 3.9: no `str | None` at run time
+
 from .logic import nodeId
 
 

@@ -5,6 +5,8 @@ In Slicer it works on the application's scene; with the PyPI package slicer-core
 Qt-free MRML bridge (``shapeprior.mrml``).
 """
 
+from __future__ import annotations  # Slicer 5.6 and 5.8 run Python 3.9: no `str | None` at run time
+
 import json
 import os
 
@@ -36,7 +38,6 @@ DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 # The fitted model's point array of per-vertex uncertainty (mm), shapeprior.fit.run.UNCERTAINTY_ARRAY
 # (the core is imported lazily: its dependencies may not be installed yet).
 UNCERTAINTY_ARRAY = "Uncertainty_mm"
-
 
 def resourcePath(relativePath: str) -> str:
     """A resource beside the module (installed extension), one folder up (source tree) or in the
@@ -77,8 +78,9 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         ScriptedLoadableModuleLogic.__init__(self)
         # The application's scene in Slicer; any vtkMRMLScene elsewhere (tests with slicer-core).
         self.scene = scene if scene is not None else slicer.mrmlScene
-        # The core finds bundled models here (installed extension or source tree).
-        os.environ.setdefault("SHAPEPRIOR_MODELS", resourcePath("Models"))
+        # The core finds bundled models here (installed extension or source tree), whatever a
+        # command-line setting of the user's says: the panel lists the models shipped with it.
+        os.environ["SHAPEPRIOR_MODELS"] = resourcePath("Models")
         self._organs = {}
         # The report of the last fit written to the scene: its suggested next contour, and the
         # state an "add contour and refit" starts from.

@@ -248,6 +248,7 @@ def test_top_level_cmake_is_an_extension():
     assert f'self.parent.contributors = ["{contributors}"]' in MODULE_FILE.read_text()
     description = set_string(text, "EXTENSION_DESCRIPTION")
     assert all(license in description for license in ("CC BY 4.0", "CC BY-SA 4.0", "Apache-2.0"))
+    assert ";" not in description  # CPack passes it unquoted: CMake would keep only the part before a ';'
     order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(ShapePriorSegment)",
              "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
     positions = [text.find(line) for line in order]
@@ -264,6 +265,35 @@ def test_catalog_entry_follows_the_schema_and_matches_cmake():
     depends = set_string(text, "EXTENSION_DEPENDS")
     assert entry["build_dependencies"] == ([] if depends == "NA" else depends.split())
     assert entry["tier"] in range(1, 6)
+    # The index's formatter (prettier, one array element a line) leaves it as it is.
+    assert CATALOG_ENTRY.read_text() == json.dumps(entry, indent=2) + "\n"
+
+
+def _evaluated_union_annotations(tree: ast.Module) -> list[int]:
+    """Lines of ``X | Y`` annotations that Python evaluates when the function or class is defined
+    (no ``from __future__ import annotations``): a TypeError on Python 3.9."""
+    if any(isinstance(node, ast.ImportFrom) and node.module == "__future__" and
+           any(a.name == "annotations" for a in node.names) for node in tree.body):
+        return []
+    annotations = [a for node in ast.walk(tree) for a in (
+        [node.returns] + [x.annotation for x in ast.walk(node.args) if isinstance(x, ast.arg)]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else
+        [node.annotation] if isinstance(node, ast.AnnAssign) else []) if a is not None]
+    return [a.lineno for a in annotations if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                                                 for n in ast.walk(a))]
+
+
+def test_the_module_and_the_core_import_on_slicers_python_3_9():
+    """Slicer 5.6 and 5.8 bundle Python 3.9: their grammar, and no union annotations evaluated there."""
+    files = [MODULE_FILE, *LIB_DIR.rglob("*.py"), *(MODULE_DIR / "shapeprior").rglob("*.py")]
+    problems = {}
+    for path in files:
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))
+        if lines := _evaluated_union_annotations(tree):
+            problems[str(path.relative_to(REPO))] = lines
+    assert problems == {}
+    # The parameter node wrapper reads real annotations: that file must not postpone them.
+    assert "from __future__ import annotations" not in PARAMETERS_FILE.read_text()
 
 
 def test_license_is_apache_2():
