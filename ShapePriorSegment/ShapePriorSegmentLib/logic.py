@@ -67,6 +67,24 @@ def readRequirements(path: str) -> list:
 TORCH_REQUIREMENT, *PIP_REQUIREMENTS = readRequirements(resourcePath("requirements.txt"))
 
 
+def pinnedConstraints() -> str:
+    """A pip constraints file (its path) holding the installed torch and numpy: installing the other
+    requirements must not replace them (torch may be the GPU build the PyTorch extension chose, numpy
+    is Slicer's own); pip picks versions of the others that work with them, or fails saying why."""
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    for name in ("torch", "numpy"):
+        try:
+            lines.append(f"{name}=={version(name)}\n")
+        except PackageNotFoundError:
+            pass
+    with tempfile.NamedTemporaryFile("w", prefix="shapeprior-constraints-", suffix=".txt", delete=False) as file:
+        file.writelines(lines)
+    return file.name
+
+
 class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
     """Everything the panel does, without GUI: usable from Slicer's Python console.
 
@@ -134,15 +152,18 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
     @staticmethod
     def _pipEnsure(requirements: list) -> None:
         """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) without its own prompt, since the
-        panel has asked already; ``pip_install`` in older Slicer."""
+        panel has asked already; ``pip_install`` in older Slicer. Either way under
+        :func:`pinnedConstraints`."""
         from packaging.requirements import Requirement
 
+        constraints = pinnedConstraints()
         try:
             from slicer.packaging import pip_ensure
         except ImportError:  # before Slicer 5.12 (or a slicer.packaging without it)
-            slicer.util.pip_install(requirements)
+            slicer.util.pip_install(["-c", constraints, *requirements])
             return
-        pip_ensure([Requirement(r) for r in requirements], prompt_install=False, requester="ShapePriorSegment")
+        pip_ensure([Requirement(r) for r in requirements], constraints=constraints, prompt_install=False,
+                   requester="ShapePriorSegment")
 
     # ---------------------------------------------------------------- models
 

@@ -211,3 +211,30 @@ def test_an_image_fit_placed_by_the_bundled_deepssm_model(data_dir, image_datase
     p.placeByDeepSSM, p.model = True, str(image_dataset["dissm"])  # a DISSM model no bundled DeepSSM model fits
     with pytest.raises(ValueError, match="No bundled DeepSSM model can place"):
         startJob(logic, p, dict, False, lambda *names: False)
+
+
+def test_python_packages_install_without_replacing_torch_or_numpy(monkeypatch, tmp_path):
+    """The first fit's install keeps the torch (maybe a GPU build) and numpy already there."""
+    import tempfile
+    import types
+    from importlib.metadata import version
+
+    import slicer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the constraints file
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", calls.append)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer before 5.12: no pip_ensure
+    ShapePriorSegmentLogic._pipEnsure(["scipy>=1.10"])
+    ((option, constraints, *requirements),) = calls
+    assert (option, requirements) == ("-c", ["scipy>=1.10"])
+    assert Path(constraints).parent == tmp_path
+    assert Path(constraints).read_text().split() == [f"torch=={version('torch')}", f"numpy=={version('numpy')}"]
+
+    seen = {}
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda requirements, **options: seen.update(requirements=requirements, **options)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    ShapePriorSegmentLogic._pipEnsure(["scipy>=1.10"])
+    assert [str(r) for r in seen["requirements"]] == ["scipy>=1.10"] and seen["prompt_install"] is False
+    assert Path(seen["constraints"]).read_text() == Path(constraints).read_text()
