@@ -53,11 +53,12 @@ class ShapePriorSegment(ScriptedLoadableModule):
 Delineate a whole organ from a few contours. Draw closed curves on a few slices of at least two different views (for
 example one axial, one sagittal and one coronal), or paint a few slices in the Segment Editor, or pick a CNN mask to
 refine; choose the organ's shape model and press <b>Fit</b>. With <b>Image only</b>, an image-fitting model
-finds the organ in the input volume without any annotation: hippocampus (tick <i>Place by DeepSSM first</i> to let
+finds the organ in the input volume without any annotation: hippocampus (tick <i>Place by DeepSSM first (faster)</i> to let
 hippocampus-deepssm place it: as accurate, faster), or hippocampus-deepssm alone (fastest, less accurate). A
 learned statistical shape prior completes the organ between the contours. The result is a smooth model and a segment (closed surface) named after the organ; the
 <b>Quality check</b> section lists how far each contour is from the surface, colors the surface by its distance to the
-annotation or by its uncertainty, and <b>Suggest next contour</b> shows the slice where one more contour helps most.
+annotation or by its uncertainty, and <b>Suggest next contour</b> shows the slice where one more contour helps most;
+<b>Add contour and refit</b> refits from the last fit as soon as the new contour is finished.
 """)
         self.parent.acknowledgementText = _("""
 The shape priors follow <i>Deep Active Latent Surfaces for Medical Geometries</i> (DALS, 2022)

@@ -59,7 +59,7 @@ def startModel(logic, parameterNode) -> str | None:
     start = logic.startModelFor(parameterNode.model)
     if start is None:
         raise ValueError(f"No bundled DeepSSM model can place {parameterNode.model}; "
-                         "untick 'Place by DeepSSM first'.")
+                         "untick 'Place by DeepSSM first (faster)'.")
     return start
 
 
