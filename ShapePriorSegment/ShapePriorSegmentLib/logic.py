@@ -39,6 +39,7 @@ DEFAULT_MODEL = {"dals": "liver", "dissm": "hippocampus"}
 # (the core is imported lazily: its dependencies may not be installed yet).
 UNCERTAINTY_ARRAY = "Uncertainty_mm"
 
+
 def resourcePath(relativePath: str) -> str:
     """A resource beside the module (installed extension), one folder up (source tree) or in the
     core's package (a wheel, for ``shapeprior serve``)."""
