@@ -197,13 +197,20 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanFit)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanFit)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Show the model and the mode the parameter node holds (connectGui does not bind these two:
+        changing them has side effects), also when the console or a script changed them."""
+        if self._parameterNode:
             self._showModel(self._parameterNode.model)
             mode = self._parameterNode.annotationMode
+            # setChecked on the checked button emits nothing; on another it runs onAnnotationMode.
             {"curves": self.ui.curvesRadioButton, "painted": self.ui.paintedRadioButton,
              "mask": self.ui.maskRadioButton, "image": self.ui.imageRadioButton}[mode].setChecked(True)
             self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))

@@ -7,8 +7,10 @@ Qt-free MRML bridge (``shapeprior.mrml``).
 
 from __future__ import annotations  # Slicer 5.6 and 5.8 run Python 3.9: no `str | None` at run time
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 import slicer
 
@@ -68,10 +70,12 @@ def readRequirements(path: str) -> list:
 TORCH_REQUIREMENT, *PIP_REQUIREMENTS = readRequirements(resourcePath("requirements.txt"))
 
 
-def pinnedConstraints() -> str:
-    """A pip constraints file (its path) holding the installed torch and numpy: installing the other
-    requirements must not replace them (torch may be the GPU build the PyTorch extension chose, numpy
-    is Slicer's own); pip picks versions of the others that work with them, or fails saying why."""
+@contextlib.contextmanager
+def pinnedConstraints() -> Iterator[str]:
+    """A pip constraints file (its path, removed afterwards) holding the installed torch and numpy:
+    installing the other requirements must not replace them (torch may be the GPU build the PyTorch
+    extension chose, numpy is Slicer's own); pip picks versions of the others that work with them,
+    or fails saying why."""
     import tempfile
     from importlib.metadata import PackageNotFoundError, version
 
@@ -81,9 +85,11 @@ def pinnedConstraints() -> str:
             lines.append(f"{name}=={version(name)}\n")
         except PackageNotFoundError:
             pass
-    with tempfile.NamedTemporaryFile("w", prefix="shapeprior-constraints-", suffix=".txt", delete=False) as file:
-        file.writelines(lines)
-    return file.name
+    with tempfile.TemporaryDirectory(prefix="shapeprior-") as folder:
+        path = os.path.join(folder, "constraints.txt")
+        with open(path, "w") as file:
+            file.writelines(lines)
+        yield path
 
 
 class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
@@ -157,14 +163,16 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         :func:`pinnedConstraints`."""
         from packaging.requirements import Requirement
 
-        constraints = pinnedConstraints()
         try:
             from slicer.packaging import pip_ensure
         except ImportError:  # before Slicer 5.12 (or a slicer.packaging without it)
-            slicer.util.pip_install(["-c", constraints, *requirements])
-            return
-        pip_ensure([Requirement(r) for r in requirements], constraints=constraints, prompt_install=False,
-                   requester="ShapePriorSegment")
+            pip_ensure = None
+        with pinnedConstraints() as constraints:
+            if pip_ensure is None:
+                slicer.util.pip_install(["-c", constraints, *requirements])
+            else:
+                pip_ensure([Requirement(r) for r in requirements], constraints=constraints, prompt_install=False,
+                           requester="ShapePriorSegment")
 
     # ---------------------------------------------------------------- models
 

@@ -222,19 +222,21 @@ def test_python_packages_install_without_replacing_torch_or_numpy(monkeypatch, t
     import slicer
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the constraints file
+    pinned = [f"torch=={version('torch')}", f"numpy=={version('numpy')}"]
     calls = []
-    monkeypatch.setattr(slicer.util, "pip_install", calls.append)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.append((args, Path(args[1]).read_text())))
     monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer before 5.12: no pip_ensure
     ShapePriorSegmentLogic._pipEnsure(["scipy>=1.10"])
-    ((option, constraints, *requirements),) = calls
-    assert (option, requirements) == ("-c", ["scipy>=1.10"])
-    assert Path(constraints).parent == tmp_path
-    assert Path(constraints).read_text().split() == [f"torch=={version('torch')}", f"numpy=={version('numpy')}"]
+    (((option, constraints, *requirements), text),) = calls
+    assert (option, requirements) == ("-c", ["scipy>=1.10"]) and text.split() == pinned
+    assert Path(constraints).is_relative_to(tmp_path)
 
     seen = {}
     packaging = types.ModuleType("slicer.packaging")
-    packaging.pip_ensure = lambda requirements, **options: seen.update(requirements=requirements, **options)
+    packaging.pip_ensure = lambda requirements, constraints, **options: seen.update(
+        requirements=requirements, text=Path(constraints).read_text(), **options)
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     ShapePriorSegmentLogic._pipEnsure(["scipy>=1.10"])
     assert [str(r) for r in seen["requirements"]] == ["scipy>=1.10"] and seen["prompt_install"] is False
-    assert Path(seen["constraints"]).read_text() == Path(constraints).read_text()
+    assert seen["text"].split() == pinned
+    assert list(tmp_path.iterdir()) == []  # the constraints files are gone
