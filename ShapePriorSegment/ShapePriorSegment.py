@@ -210,9 +210,12 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._parameterNode:
             self._showModel(self._parameterNode.model)
             mode = self._parameterNode.annotationMode
-            # setChecked on the checked button emits nothing; on another it runs onAnnotationMode.
-            {"curves": self.ui.curvesRadioButton, "painted": self.ui.paintedRadioButton,
-             "mask": self.ui.maskRadioButton, "image": self.ui.imageRadioButton}[mode].setChecked(True)
+            button = {"curves": self.ui.curvesRadioButton, "painted": self.ui.paintedRadioButton,
+                      "mask": self.ui.maskRadioButton, "image": self.ui.imageRadioButton}[mode]
+            # Shown only: onAnnotationMode would replace a model a script set together with the mode.
+            wasBlocked = button.blockSignals(True)
+            button.setChecked(True)
+            button.blockSignals(wasBlocked)
             self.ui.annotationStack.setCurrentIndex(ANNOTATION_MODES.index(mode))
         self._checkCanFit()
 
