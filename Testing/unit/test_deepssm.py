@@ -165,3 +165,25 @@ def test_benchmark_times_the_whole_command(deepssm, image_dataset):
 
     times = command_seconds(str(deepssm[1]), [str(image_dataset["images"] / "case_02.nii.gz")])
     assert len(times) == 1 and 0.5 < times[0] < 120  # a real process: interpreter, imports, model, fit, write
+
+
+def test_the_mask_offset_is_the_validation_optimum_and_grows_the_mask(deepssm, image_dataset):
+    """train-deepssm calibrates how far outward the shape model's surfaces are voxelised (its surfaces lie
+    inside the masks' boundary); the chosen offset is the candidate of best mean validation Dice."""
+    from shapeprior.io import read_image
+    from shapeprior.models.registry import load_model
+    from shapeprior.train.common import read_manifest
+    from shapeprior.train.deepssm import MASK_OFFSETS_MM, calibrate_mask_offset
+    from shapeprior.transform import Similarity
+
+    _, pdm = load_model(str(deepssm[0]), "pdm")
+    manifest = read_manifest(image_dataset["data"])
+    held = np.array([0, 3])  # the shapes' own correspondences stand in for predictions
+    scores = calibrate_mask_offset(pdm, held, pdm.points(pdm.loadings[held]), manifest)
+    assert list(scores) == [f"{offset:.1f}" for offset in MASK_OFFSETS_MM]
+    assert pdm.metadata["mask_offset_mm"] == float(max(scores, key=scores.get))
+
+    image = read_image(manifest["shapes"][pdm.names[0]]["image"])
+    points = Similarity.from_dict(pdm.metadata["to_images"][0]).apply(pdm.points(pdm.loadings[0]))
+    plain, grown = (sitk.GetArrayFromImage(pdm.segmentation(points, image, offset)) > 0 for offset in (0.0, 0.5))
+    assert grown.sum() > plain.sum() and grown[plain].mean() > 0.99

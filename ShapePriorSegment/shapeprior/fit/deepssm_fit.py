@@ -17,7 +17,6 @@ import torch
 import trimesh
 
 from ..errors import InputError
-from ..io.labelmaps import mesh_to_labelmap
 from ..models.deepssm import DeepSSMModel
 from ..models.registry import Model, as_loaded, load_model
 from ..prep.crops import intensity_warning
@@ -84,7 +83,7 @@ def fit_image_deepssm(
     if progress is not None:
         progress(0.8, "network")
     mesh = model.pdm.mesh(points)
-    labelmap = mesh_to_labelmap(mesh, image)
+    labelmap = model.pdm.segmentation(points, image)
     seconds["total"] = time.perf_counter() - began
     mahalanobis = float(model.pdm.mahalanobis(loadings))
     report = {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",

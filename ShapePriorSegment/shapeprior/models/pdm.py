@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import trimesh
 
+from ..io.labelmaps import mesh_to_labelmap
 from .bundle import ModelBundle
 
 
@@ -62,6 +64,14 @@ class PointDistributionModel:
 
     def mesh(self, points: np.ndarray) -> trimesh.Trimesh:
         return trimesh.Trimesh(np.asarray(points, dtype=np.float64), self.faces, process=False)
+
+    def segmentation(self, points: np.ndarray, image: sitk.Image, offset_mm: float | None = None) -> sitk.Image:
+        """The mask (uint8 on ``image``'s grid) of the surface of ``points`` (P, 3) LPS mm, moved outward along
+        its vertex normals by ``offset_mm`` (default the calibrated ``mask_offset_mm``, else 0). The model's
+        surfaces lie inside the masks' boundary: the prepared surfaces were smoothed, and P points cut chords."""
+        offset = self.metadata.get("mask_offset_mm", 0.0) if offset_mm is None else offset_mm
+        mesh = self.mesh(points)
+        return mesh_to_labelmap(self.mesh(mesh.vertices + offset * mesh.vertex_normals) if offset else mesh, image)
 
     @staticmethod
     def mahalanobis(loadings: np.ndarray) -> np.ndarray:

@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from scipy.interpolate import RBFInterpolator
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..io import read_image
+from ..io import read_image, read_mask
 from ..io.frames import index_to_physical
+from ..metrics import dice
 from ..models.bundle import load_bundle, save_bundle
 from ..models.deepssm import build_net, reference_image
 from ..models.pdm import PointDistributionModel
@@ -31,6 +33,7 @@ from .settings import DeepSSMTrainSettings
 
 WARP_CONTROL_EVERY = 4  # every 4th corresponding point steers the thin-plate spline (256 of 1024)
 WARP_COARSE = 16  # the warp is evaluated on 16^3 points and interpolated: it is smooth at that scale
+MASK_OFFSETS_MM = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the candidates of the mask calibration
 
 
 class ImageWarper:
@@ -66,6 +69,24 @@ def sample_loadings(loadings: np.ndarray, count: int, rng: np.random.Generator) 
     drawn = loadings[rng.integers(0, n, count)] + rng.normal(size=(count, k)) * bandwidth
     nearest = ((drawn[:, None] - loadings[None]) ** 2).sum(-1).argmin(1)
     return drawn, nearest
+
+
+def calibrate_mask_offset(pdm: PointDistributionModel, held: np.ndarray, predicted: np.ndarray,
+                          manifest: dict) -> dict[str, float]:
+    """Set ``pdm.metadata["mask_offset_mm"]`` to the outward offset of the predicted surfaces (``predicted``:
+    (H, P, 3) reference-crop mm of the validation shapes ``held``) whose masks best match the true masks
+    (mean Dice over the validation images); return the mean Dice of each candidate offset."""
+    labels = manifest["settings"].get("labels")
+    cases = []
+    for i, points in zip(held, predicted):
+        shape = manifest["shapes"][pdm.names[i]]
+        truth = read_mask(shape["source"], labels)
+        cases.append((Similarity.from_dict(pdm.metadata["to_images"][i]).apply(points), truth))
+    scores = {f"{offset:.1f}": float(np.mean([dice(sitk.GetArrayViewFromImage(pdm.segmentation(p, t, offset)) > 0,
+                                                   sitk.GetArrayViewFromImage(t) > 0) for p, t in cases]))
+              for offset in MASK_OFFSETS_MM}
+    pdm.metadata["mask_offset_mm"] = float(max(scores, key=scores.get))
+    return scores
 
 
 def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, settings: DeepSSMTrainSettings,
@@ -123,6 +144,7 @@ def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, se
         truth = torch.tensor(pdm.points(pdm.loadings[held]), dtype=torch.float32, device=run.device)
         validation = {"names": [pdm.names[i] for i in held],
                       "rmse_mm": float(((predicted - truth) ** 2).sum(-1).mean().sqrt())}
+        validation["mask_dice"] = calibrate_mask_offset(pdm, held, predicted.double().cpu().numpy(), manifest)
     metadata = {
         "organ": bundle.organ, "units": "mm", "frame": bundle.metadata["frame"],
         "config": {"channels": list(settings.channels), "grid": NETWORK_GRID.to_dict()},
