@@ -48,6 +48,8 @@ def test_fit_image_writes_surface_loadings_and_points_in_lps(deepssm, image_data
     voxels = np.argwhere(sitk.GetArrayFromImage(seg) > 0)[:, ::-1]
     centre = np.mean([seg.TransformContinuousIndexToPhysicalPoint(v.tolist()) for v in voxels.astype(float)], 0)
     assert np.linalg.norm(table[:, 1:].mean(0) - centre) < 2.0
+    # The volume is the segmentation's, as Slicer's segment statistics measure the segment.
+    assert report["volume_ml"] == pytest.approx(np.sum(sitk.GetArrayFromImage(seg) > 0) * np.prod(seg.GetSpacing()) / 1000)
 
 
 def test_describe_writes_one_row_per_image(deepssm, image_dataset, tmp_path, capsys):
