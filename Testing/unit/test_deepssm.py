@@ -25,6 +25,7 @@ def test_pdm_holds_the_training_split_and_reconstructs_it(deepssm, image_dataset
 
 
 def test_fit_image_writes_surface_loadings_and_points_in_lps(deepssm, image_dataset, tmp_path):
+    from shapeprior.io import read_mesh
     from shapeprior.io.markups import read_point_list
 
     image = image_dataset["images"] / "case_00.nii.gz"
@@ -48,8 +49,8 @@ def test_fit_image_writes_surface_loadings_and_points_in_lps(deepssm, image_data
     voxels = np.argwhere(sitk.GetArrayFromImage(seg) > 0)[:, ::-1]
     centre = np.mean([seg.TransformContinuousIndexToPhysicalPoint(v.tolist()) for v in voxels.astype(float)], 0)
     assert np.linalg.norm(table[:, 1:].mean(0) - centre) < 2.0
-    # The volume is the segmentation's, as Slicer's segment statistics measure the segment.
-    assert report["volume_ml"] == pytest.approx(np.sum(sitk.GetArrayFromImage(seg) > 0) * np.prod(seg.GetSpacing()) / 1000)
+    # The volume is the written surface's, the one the segment is made from.
+    assert report["volume_ml"] == pytest.approx(abs(read_mesh(out["model"]).volume) / 1000, rel=1e-3)
 
 
 def test_describe_writes_one_row_per_image(deepssm, image_dataset, tmp_path, capsys):
@@ -169,9 +170,11 @@ def test_benchmark_times_the_whole_command(deepssm, image_dataset):
     assert len(times) == 1 and 0.5 < times[0] < 120  # a real process: interpreter, imports, model, fit, write
 
 
-def test_the_mask_offset_is_the_validation_optimum_and_grows_the_mask(deepssm, image_dataset):
-    """train-deepssm calibrates how far outward the shape model's surfaces are voxelised (its surfaces lie
-    inside the masks' boundary); the chosen offset is the candidate of best mean validation Dice."""
+def test_the_mask_offset_is_the_validation_optimum_and_grows_the_surface(deepssm, image_dataset):
+    """train-deepssm calibrates how far outward the shape model's surfaces are moved (they lie inside the
+    masks' boundary); the chosen offset is the candidate of best mean validation Dice."""
+    from dataclasses import replace
+
     from shapeprior.io import read_image
     from shapeprior.models.registry import load_model
     from shapeprior.train.common import read_manifest
@@ -181,11 +184,14 @@ def test_the_mask_offset_is_the_validation_optimum_and_grows_the_mask(deepssm, i
     _, pdm = load_model(str(deepssm[0]), "pdm")
     manifest = read_manifest(image_dataset["data"])
     held = np.array([0, 3])  # the shapes' own correspondences stand in for predictions
-    scores = calibrate_mask_offset(pdm, held, pdm.points(pdm.loadings[held]), manifest)
-    assert list(scores) == [f"{offset:.1f}" for offset in MASK_OFFSETS_MM]
-    assert pdm.metadata["mask_offset_mm"] == float(max(scores, key=scores.get))
+    offset, scores = calibrate_mask_offset(pdm, held, pdm.points(pdm.loadings[held]), manifest)
+    assert list(scores) == [f"{o:.1f}" for o in MASK_OFFSETS_MM] and offset == float(max(scores, key=scores.get))
+    assert "mask_offset_mm" not in pdm.metadata  # the loaded (cached) model is left as it was
 
     image = read_image(manifest["shapes"][pdm.names[0]]["image"])
     points = Similarity.from_dict(pdm.metadata["to_images"][0]).apply(pdm.points(pdm.loadings[0]))
-    plain, grown = (sitk.GetArrayFromImage(pdm.segmentation(points, image, offset)) > 0 for offset in (0.0, 0.5))
+    plain, grown = (sitk.GetArrayFromImage(pdm.segmentation(points, image, o)) > 0 for o in (0.0, 0.5))
     assert grown.sum() > plain.sum() and grown[plain].mean() > 0.99
+    calibrated = replace(pdm, metadata={**pdm.metadata, "mask_offset_mm": 0.5})  # as a trained bundle holds it
+    assert np.array_equal(sitk.GetArrayFromImage(calibrated.segmentation(points, image)) > 0, grown)
+    assert calibrated.mesh(points).volume > pdm.mesh(points).volume > 0

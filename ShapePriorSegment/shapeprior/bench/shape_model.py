@@ -21,6 +21,7 @@ import SimpleITK as sitk
 import trimesh
 
 from ..fit.deepssm_fit import fit_image_by_kind, fit_image_deepssm
+from ..io.labelmaps import mesh_to_labelmap
 from ..metrics.surface import surface_metrics
 from ..models.pdm import PointDistributionModel
 from ..models.unet import segment
@@ -51,11 +52,11 @@ def projected(pdm: PointDistributionModel, points: np.ndarray, to_image: Similar
 
 def shape_row(method: str, pdm: PointDistributionModel, points: np.ndarray, loadings: np.ndarray, image: sitk.Image,
               truth: dict, seconds: float | None, mask_metrics) -> dict:
-    """Scores of one method's corresponding points (P, 3) image mm: mask metrics of its voxelisation (``pdm.segmentation``), surface
+    """Scores of one method's corresponding points (P, 3) image mm: mask metrics of its voxelisation, surface
     distances to the true surface, correspondence RMSE against the true correspondences."""
     mesh = pdm.mesh(points)
     surface = surface_metrics(mesh, truth["surface"], num_points=10000)
-    return {"method": method, "seconds": seconds, **mask_metrics(pdm.segmentation(points, image), truth["mask"]),
+    return {"method": method, "seconds": seconds, **mask_metrics(mesh_to_labelmap(mesh, image), truth["mask"]),
             "surface_mm": surface["assd_mm"], "surface_hd95_mm": surface["hd95_mm"],
             "correspondence_rmse_mm": float(np.sqrt(((points - truth["points"]) ** 2).sum(1).mean())),
             "loadings": np.asarray(loadings).tolist(), "mahalanobis": float(pdm.mahalanobis(loadings))}

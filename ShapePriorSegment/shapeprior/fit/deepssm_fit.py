@@ -17,6 +17,7 @@ import torch
 import trimesh
 
 from ..errors import InputError
+from ..io.labelmaps import mesh_to_labelmap
 from ..models.deepssm import DeepSSMModel
 from ..models.registry import Model, as_loaded, load_model
 from ..prep.crops import intensity_warning
@@ -83,17 +84,16 @@ def fit_image_deepssm(
     if progress is not None:
         progress(0.8, "network")
     mesh = model.pdm.mesh(points)
-    labelmap = model.pdm.segmentation(points, image)
+    labelmap = mesh_to_labelmap(mesh, image)
     seconds["total"] = time.perf_counter() - began
     mahalanobis = float(model.pdm.mahalanobis(loadings))
     report = {"input": str(source), "model": str(bundle.path), "organ": bundle.organ, "frame": "LPS mm",
               "method": "deepssm", "loadings": loadings.tolist(), "mahalanobis": mahalanobis,
               "modes": model.pdm.size, "points": len(points), "to_image": to_image.to_dict(),
-              "to_image_convention": "reference-crop LPS mm -> image LPS mm",
-              # The segmentation's, as Slicer's segment statistics measure it: the surface's own volume is
-              # about 13% smaller (held-out images), since the masks are voxelised mask_offset_mm outward.
-              "volume_ml": float(sitk.GetArrayViewFromImage(labelmap).sum() * np.prod(image.GetSpacing())) / 1000,
+              "to_image_convention": "reference-crop LPS mm -> image LPS mm", "volume_ml": float(mesh.volume) / 1000,
               "seconds": seconds["total"], "seconds_per_step": seconds, "warnings": warnings}
+    if mesh.volume <= 0:  # a few training shapes' correspondences fold over, and their masks lose the fold
+        warnings.append(f"{source}: the predicted surface folds over itself (negative volume); check it")
     if mahalanobis > unusual_mahalanobis(model.pdm.size):
         warnings.append(f"{source}: the predicted shape is unusual for the training population (Mahalanobis "
                         f"distance {mahalanobis:.1f} over {model.pdm.size} modes); check it")

@@ -62,16 +62,18 @@ class PointDistributionModel:
         flat = (loadings * np.sqrt(self.variances)) @ self.modes.reshape(self.size, -1)
         return self.mean + flat.reshape(*flat.shape[:-1], -1, 3)
 
-    def mesh(self, points: np.ndarray) -> trimesh.Trimesh:
-        return trimesh.Trimesh(np.asarray(points, dtype=np.float64), self.faces, process=False)
+    def mesh(self, points: np.ndarray, offset_mm: float | None = None) -> trimesh.Trimesh:
+        """The closed surface of ``points`` (P, 3) mm, moved outward along its vertex normals by ``offset_mm``
+        (default the calibrated ``mask_offset_mm``, else 0): the shape model's surfaces lie inside the boundary
+        of the masks they came from (the prepared surfaces were smoothed, and P points cut chords)."""
+        offset = self.metadata.get("mask_offset_mm", 0.0) if offset_mm is None else offset_mm
+        mesh = trimesh.Trimesh(np.asarray(points, dtype=np.float64), self.faces, process=False)
+        return trimesh.Trimesh(mesh.vertices + offset * mesh.vertex_normals, self.faces, process=False) if offset \
+            else mesh
 
     def segmentation(self, points: np.ndarray, image: sitk.Image, offset_mm: float | None = None) -> sitk.Image:
-        """The mask (uint8 on ``image``'s grid) of the surface of ``points`` (P, 3) LPS mm, moved outward along
-        its vertex normals by ``offset_mm`` (default the calibrated ``mask_offset_mm``, else 0). The model's
-        surfaces lie inside the masks' boundary: the prepared surfaces were smoothed, and P points cut chords."""
-        offset = self.metadata.get("mask_offset_mm", 0.0) if offset_mm is None else offset_mm
-        mesh = self.mesh(points)
-        return mesh_to_labelmap(self.mesh(mesh.vertices + offset * mesh.vertex_normals) if offset else mesh, image)
+        """The mask (uint8 on ``image``'s grid) inside :meth:`mesh` of ``points`` (LPS mm)."""
+        return mesh_to_labelmap(self.mesh(points, offset_mm), image)
 
     @staticmethod
     def mahalanobis(loadings: np.ndarray) -> np.ndarray:

@@ -72,10 +72,10 @@ def sample_loadings(loadings: np.ndarray, count: int, rng: np.random.Generator) 
 
 
 def calibrate_mask_offset(pdm: PointDistributionModel, held: np.ndarray, predicted: np.ndarray,
-                          manifest: dict) -> dict[str, float]:
-    """Set ``pdm.metadata["mask_offset_mm"]`` to the outward offset of the predicted surfaces (``predicted``:
-    (H, P, 3) reference-crop mm of the validation shapes ``held``) whose masks best match the true masks
-    (mean Dice over the validation images); return the mean Dice of each candidate offset."""
+                          manifest: dict) -> tuple[float, dict[str, float]]:
+    """The outward offset (mm) of the predicted surfaces (``predicted``: (H, P, 3) reference-crop mm of the
+    validation shapes ``held``) whose masks best match the true masks (mean Dice over the validation
+    images), and the mean Dice of each candidate offset."""
     labels = manifest["settings"].get("labels")
     cases = []
     for i, points in zip(held, predicted):
@@ -85,8 +85,7 @@ def calibrate_mask_offset(pdm: PointDistributionModel, held: np.ndarray, predict
     scores = {f"{offset:.1f}": float(np.mean([dice(sitk.GetArrayViewFromImage(pdm.segmentation(p, t, offset)) > 0,
                                                    sitk.GetArrayViewFromImage(t) > 0) for p, t in cases]))
               for offset in MASK_OFFSETS_MM}
-    pdm.metadata["mask_offset_mm"] = float(max(scores, key=scores.get))
-    return scores
+    return float(max(scores, key=scores.get)), scores
 
 
 def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, settings: DeepSSMTrainSettings,
@@ -137,19 +136,19 @@ def train_deepssm(pdm_path: str | Path, dataset: str | Path, out: str | Path, se
     run.train(step, {"net": net, "optimiser": optimiser, "scheduler": scheduler}, settings.steps,
               desc="train-deepssm", progress=progress, log_every=25)
     net.eval()
-    validation = {}
+    validation, offset = {}, 0.0
     if len(held):
         with torch.no_grad():
             predicted = net.points(net(torch.stack([volumes[i] for i in held])[:, None].to(run.device)))
         truth = torch.tensor(pdm.points(pdm.loadings[held]), dtype=torch.float32, device=run.device)
         validation = {"names": [pdm.names[i] for i in held],
                       "rmse_mm": float(((predicted - truth) ** 2).sum(-1).mean().sqrt())}
-        validation["mask_dice"] = calibrate_mask_offset(pdm, held, predicted.double().cpu().numpy(), manifest)
+        offset, validation["mask_dice"] = calibrate_mask_offset(pdm, held, predicted.double().cpu().numpy(), manifest)
     metadata = {
         "organ": bundle.organ, "units": "mm", "frame": bundle.metadata["frame"],
         "config": {"channels": list(settings.channels), "grid": NETWORK_GRID.to_dict()},
         "intensity_spread_range": [float(min(spreads)), float(max(spreads))],
-        "pdm": pdm.metadata,
+        "pdm": {**pdm.metadata, "mask_offset_mm": offset},
         "training": {**run.record(command), "pdm_model": str(pdm_path), "images": len(train),
                      "augmented": int(settings.augment), "validation": validation},
     }
