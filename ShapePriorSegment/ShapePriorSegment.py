@@ -223,18 +223,21 @@ class ShapePriorSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         busy = self._job is not None
         ready = self._parameterNode is not None and self._annotationReady()
         self.ui.fitButton.enabled = ready and not busy
-        self.ui.placeByDeepSSMCheckBox.enabled = self._parameterNode is not None and self._placeable()
+        self.ui.placeByDeepSSMCheckBox.enabled = self._parameterNode is not None and self._dissmOption("image")
+        self.ui.refineOnImageCheckBox.enabled = self._parameterNode is not None and self._dissmOption("mask")
         self.ui.cancelButton.enabled = busy
         hasResult = self._parameterNode is not None and self._parameterNode.resultModel is not None
         self.ui.addContourButton.enabled = hasResult and not busy and self._parameterNode.annotationMode == "curves"
         self.ui.suggestButton.enabled = self.ui.addContourButton.enabled and self.logic.suggestedPlane() is not None
 
-    def _placeable(self) -> bool:
-        """Whether 'Place by DeepSSM first' applies: Image only with a DISSM model."""
-        if self._parameterNode.annotationMode != "image":
+    def _dissmOption(self, mode: str) -> bool:
+        """Whether a DISSM-only option applies: 'Place by DeepSSM first' in Image only (a DISSM model),
+        'Refine on the image volume too' for a CNN mask (a DISSM model with a refiner)."""
+        if self._parameterNode.annotationMode != mode:
             return False
+        model = self._parameterNode.model
         try:
-            return self.logic.modelKind(self._parameterNode.model) == "dissm"
+            return self.logic.modelRefinesOnImage(model) if mode == "mask" else self.logic.modelKind(model) == "dissm"
         except Exception:  # the core not installed yet, or an unreadable model: the fit will say which
             return False
 

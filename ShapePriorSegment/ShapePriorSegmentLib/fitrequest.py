@@ -41,7 +41,7 @@ def startJob(logic, parameterNode, annotationInputs, refit: bool, askReplace):
             return None
         if p.annotationMode == "image":
             return logic.startImageFit(p.inputVolume, p.model, start), outputs
-        return logic.startMaskRefinement(model=p.model, **inputs), outputs
+        return logic.startMaskRefinement(model=p.model, imageNode=maskImage(logic, p), **inputs), outputs
     # The annotation is read before the question: an unreadable one asks nothing.
     annotation = logic.readAnnotation(p.annotationMode, **annotationInputs())
     outputs = outputOptions(logic, p, refit, askReplace)
@@ -61,6 +61,15 @@ def startModel(logic, parameterNode) -> str | None:
         raise ValueError(f"No bundled DeepSSM model can place {parameterNode.model}; "
                          "untick 'Place by DeepSSM first (faster)'.")
     return start
+
+
+def maskImage(logic, parameterNode):
+    """The volume a mask refinement also fits: the input volume, when the user asked for it and the model
+    (DISSM with a refiner) can refine on images; else None."""
+    p = parameterNode
+    if not p.refineOnImage or p.inputVolume is None or not logic.modelRefinesOnImage(p.model):
+        return None
+    return p.inputVolume
 
 
 def recordResult(parameterNode, result: dict, scene) -> None:

@@ -186,12 +186,13 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         return {organ: path for organ, path in found.items() if os.path.isfile(path)}
 
     def _modelInfo(self, model: str) -> tuple:
-        """(kind, organ) of a bundled model name or model file, read from its header once (without torch)."""
+        """(kind, organ, whether it refines on images) of a bundled model name or model file, read from its
+        header once (without torch)."""
         if model not in self._organs:
-            from shapeprior.models.bundle import read_header
+            from shapeprior.models.bundle import has_refiner, read_header
 
             header = read_header(model)
-            self._organs[model] = (header.kind, header.organ)
+            self._organs[model] = (header.kind, header.organ, has_refiner(header))
         return self._organs[model]
 
     def modelOrgan(self, model: str) -> str:
@@ -201,6 +202,10 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
     def modelKind(self, model: str) -> str:
         """The kind (``dals``, ``dissm``, ``deepssm``, ...) of a bundled model name or model file."""
         return self._modelInfo(model)[0]
+
+    def modelRefinesOnImage(self, model: str) -> bool:
+        """Whether a model (DISSM with a refiner) can refine a mask's fit on the image volume."""
+        return self._modelInfo(model)[2]
 
     def modelForMode(self, model: str, mode: str) -> str:
         """``model`` if its kind suits the annotation mode, else the bundled default for that mode."""
@@ -287,13 +292,15 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         return mrml.image_fit_job(image, volumeNode.GetName(), model, volume_node_id=nodeId(volumeNode),
                                   start_from=startFrom).start()
 
-    def startMaskRefinement(self, maskNode, segmentId=None, model: str = "liver"):
-        """Start refining a CNN mask (labelmap node, or a segment of a segmentation node) in a worker
-        thread; poll the returned job, then call :meth:`finishFit`."""
+    def startMaskRefinement(self, maskNode, segmentId=None, model: str = "liver", imageNode=None):
+        """Start refining a CNN mask (labelmap node, or a segment of a segmentation node; a DISSM model also
+        on the volume ``imageNode``) in a worker thread; poll the returned job, then call :meth:`finishFit`."""
         from shapeprior import mrml
 
         mask, source, _ = mrml.read_mask_node(self.scene, nodeId(maskNode), segmentId)
-        return mrml.mask_refine_job(mask, source, model).start()
+        image = mrml.read_volume_image(self.scene, nodeId(imageNode)) if imageNode is not None else None
+        name = imageNode.GetName() if imageNode is not None else "image"
+        return mrml.mask_refine_job(mask, source, model, image, name).start()
 
     def finishFit(self, job, **outputs):
         """Write a finished job's result to the scene (main thread); None if it was cancelled.
@@ -341,13 +348,14 @@ class ShapePriorSegmentLogic(ScriptedLoadableModuleLogic, NextContour):
         ))
 
     def processMask(self, maskNode, segmentId=None, model: str = "liver", progress=None, shouldStop=None,
-                    outputSegmentationNode=None) -> dict:
-        """Refine a CNN mask with a shape prior synchronously; returns the node ids and the report."""
+                    outputSegmentationNode=None, imageNode=None) -> dict:
+        """Refine a CNN mask with a shape prior (a DISSM model also on the volume ``imageNode``)
+        synchronously; returns the node ids and the report."""
         from shapeprior.mrml import refine_mask_in_scene
 
         return self._written(refine_mask_in_scene(
             self.scene, nodeId(maskNode), model, segmentId, progress=progress, should_stop=shouldStop,
-            segmentation_node_id=nodeId(outputSegmentationNode),
+            image_node_id=nodeId(imageNode), segmentation_node_id=nodeId(outputSegmentationNode),
         ))
 
     # ---------------------------------------------------------------- scene helpers

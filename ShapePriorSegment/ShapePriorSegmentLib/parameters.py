@@ -26,6 +26,7 @@ class ShapePriorSegmentParameterNode:
     colorByDistance - color the fitted surface by its distance to the annotation.
     colorByUncertainty - color it by its uncertainty (mm) instead.
     placeByDeepSSM - image only: a bundled DeepSSM model places the DISSM model before its refinement.
+    refineOnImage - CNN mask with a DISSM model: its fit is refined on the input volume too.
     resultModel, resultSegmentation, resultSegmentName - the last fit's outputs, updated by a refit.
     """
 
@@ -41,6 +42,7 @@ class ShapePriorSegmentParameterNode:
     colorByDistance: bool = True
     colorByUncertainty: bool = False
     placeByDeepSSM: bool = False
+    refineOnImage: bool = True
     resultModel: vtkMRMLModelNode
     resultSegmentation: vtkMRMLSegmentationNode
     resultSegmentName: str = ""

@@ -89,7 +89,8 @@ class RefineSettings:
 
     trust_voxels: float | None = option(
         None, "how far (in voxels) the surface follows the mask where the prior disagrees with it "
-        "(0: the prior alone; default 1 for implicit models, 5 for DALS models)", (0.0, 100.0))
+        "(0: the prior alone; default 1 for implicit models, 0.5 for a DISSM model refined on --image, 5 for "
+        "DALS models)", (0.0, 100.0))
     smoothing_voxels: float = 0.5  # Gaussian sigma on the mask's distance map before the fusion
     robust_mm: float = 2.0  # Cauchy scale of the DALS route
     # A light pull of the global latent towards the mean keeps the fit a liver where the mask is wrong

@@ -240,3 +240,31 @@ def test_python_packages_install_without_replacing_torch_or_numpy(monkeypatch, t
     assert [str(r) for r in seen["requirements"]] == ["scipy>=1.10"] and seen["prompt_install"] is False
     assert seen["text"].split() == pinned
     assert list(tmp_path.iterdir()) == []  # the constraints files are gone
+
+
+def test_a_cnn_mask_refined_on_the_input_volume_with_a_dissm_model(data_dir, one_torch_thread):
+    """The panel's 'Refine on the image volume too': with a DISSM model the input volume goes into the
+    refinement (the report names it); unticked, with no volume or with a DALS model it does not."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    from ShapePriorSegmentLib.fitrequest import maskImage, startJob
+    from shapeprior.io import read_mask
+    from shapeprior.mrml import add_labelmap_node, add_volume_node
+
+    scene = new_scene()
+    logic = ShapePriorSegmentLogic(scene)
+    case = data_dir / "hippocampus" / "images" / "hippocampus_001.nii.gz"
+    volume = scene.GetNodeByID(add_volume_node(scene, sitk.ReadImage(str(case)), "T1"))
+    mask = sitk.BinaryErode(read_mask(data_dir / "hippocampus" / "labels" / case.name, [1, 2]), [1, 1, 1])
+    node = scene.GetNodeByID(add_labelmap_node(scene, mask, "cnn mask"))
+    p = SimpleNamespace(annotationMode="mask", model="hippocampus", inputVolume=volume, refineOnImage=True,
+                        outputSegmentation=None, resultModel=None, resultSegmentation=None, resultSegmentName="")
+    job, outputs = startJob(logic, p, lambda: {"maskNode": node}, False, lambda *names: False)
+    out = logic.finishFit(job, **outputs)
+    assert out["report"]["image"] == "T1" and out["report"]["input"] == "cnn mask"
+    assert out["report"]["refined_volume_ml"] > 1.3 * out["report"]["mask_volume_ml"]  # the eroded voxels come back
+    assert maskImage(logic, p) is volume
+    for change in ({"refineOnImage": False}, {"inputVolume": None}, {"model": "liver"}):
+        assert maskImage(logic, SimpleNamespace(**{**vars(p), **change})) is None

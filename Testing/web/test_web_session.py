@@ -164,6 +164,8 @@ def test_image_only_and_mask_modes(tmp_path):
         app.fit()
         assert await served.wait_phase("done", "error") == "done", state.error
         assert len(model_nodes(app)) == 2
+        on_image = app.session.logic.modelRefinesOnImage(state.model)  # the loaded image refines the fit too
+        assert app.session.result["report"]["image"] == ("images" if on_image else None)
 
     run_served(tmp_path, body)
 

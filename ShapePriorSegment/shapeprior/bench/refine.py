@@ -34,7 +34,7 @@ from ..fit.refine_mask import RefineSettings, refine_mask
 from ..io import read_image, read_mask
 from ..io.labelmaps import mesh_to_labelmap
 from ..metrics import dice
-from ..models.bundle import load_bundle
+from ..models.bundle import has_refiner, load_bundle, read_header
 from .image import held_out_cases, mask_metrics
 from .mask_failures import FAILURES, failure_mask, liver_truth
 
@@ -49,6 +49,9 @@ class Methods:
     liver: dict[str, str] = field(default_factory=lambda: {"DALS": "liver"})
     ablations: dict[str, str] = field(default_factory=dict)  # hippocampus template models
     keep_shares: tuple[float, ...] = ()  # tried with the last hippocampus template model
+    # "also": DISSM models refine on the mask's image too (rows "NAME + image"); "only": just those rows (to
+    # merge with an earlier run of the same masks)
+    with_image: str = ""
 
 
 def _unet_masks(path: str | None) -> tuple[object, list[int]] | None:
@@ -73,7 +76,8 @@ def _check_held_out(cases: list[str], models: list[str]) -> None:
 
 def _jobs(hippocampus_data, unets: dict[str, str | None], liver_meshes, models: Methods, inputs: set[str] | None,
           limit, liver_limit, mesh_frame) -> list[tuple]:
-    """(organ, setting, case, make) with ``make() -> (mask, truth, (true labels, U-Net labels) or None)``."""
+    """(organ, setting, case, make) with ``make() -> (mask, truth, (true labels, U-Net labels) or None, the
+    image's path or None)``."""
     unets = {k: v for k, v in unets.items() if inputs is None or k in inputs}
     failures = [f for f in FAILURES if inputs is None or f in inputs]
     jobs = []
@@ -97,12 +101,13 @@ def _jobs(hippocampus_data, unets: dict[str, str | None], liver_meshes, models: 
                         classes = segment(net[0], read_image(image_path))
                     truth_labels = {tuple(c): read_mask(mask_path, c) for c in net[1]} if len(net[1]) > 1 else None
                     unet_labels = {tuple(c): classes == i + 1 for i, c in enumerate(net[1])}
-                    return classes > 0, truth_of(), (truth_labels, unet_labels)
+                    return classes > 0, truth_of(), (truth_labels, unet_labels), image_path
                 jobs.append(("hippocampus", f"hippocampus {setting}", name, unet_case))
             for failure in failures:
-                def failure_case(truth_of=truth_of, failure=failure, name=name):
+                def failure_case(truth_of=truth_of, failure=failure, name=name, image_path=image_path):
                     truth = truth_of()
-                    return failure_mask(truth, failure, zlib.crc32(f"{name}/{failure}".encode())), truth, None
+                    seed = zlib.crc32(f"{name}/{failure}".encode())
+                    return failure_mask(truth, failure, seed), truth, None, image_path
                 jobs.append(("hippocampus", f"hippocampus {failure}", name, failure_case))
     if liver_meshes is not None:
         paths = sorted(p for pattern in ("LiTS-*.obj", "3Dircadb-*.obj") for p in Path(liver_meshes).glob(pattern))
@@ -111,17 +116,19 @@ def _jobs(hippocampus_data, unets: dict[str, str | None], liver_meshes, models: 
             for failure in failures:
                 def liver_case(path=path, failure=failure):
                     truth = liver_truth(path, mesh_frame)
-                    return failure_mask(truth, failure, zlib.crc32(f"{path.stem}/{failure}".encode())), truth, None
+                    seed = zlib.crc32(f"{path.stem}/{failure}".encode())
+                    return failure_mask(truth, failure, seed), truth, None, None
                 jobs.append(("liver", f"liver {failure}", path.stem, liver_case))
     return jobs
 
 
-def _refined_row(setting, case, method, model, mask, truth, settings, labels=None) -> dict:
-    """Refine ``mask`` with ``model`` and score it; with ``labels`` (true, U-Net) also the sub-regions."""
+def _refined_row(setting, case, method, model, mask, truth, settings, labels=None, image=None) -> dict:
+    """Refine ``mask`` with ``model`` (on ``image`` if given) and score it; with ``labels`` (true, U-Net) also
+    the sub-regions."""
     with_labels = labels is not None and labels[0] is not None
     start = time.perf_counter()
     refined = refine_mask(mask, model, f"{case} ({setting})", settings=settings,
-                          subregions=None if with_labels else False)  # None: when the model has them
+                          subregions=None if with_labels else False, image=image)  # None: when the model has them
     row = {"setting": setting, "case": case, "method": method, "seconds": time.perf_counter() - start,
            "prior_parts": len(refined.detail.split(only_watertight=False)), **mask_metrics(refined.labelmap, truth, True)}
     if refined.subregions is not None:
@@ -144,17 +151,22 @@ def run_benchmark(hippocampus_data: str | Path | None, unets: dict[str, str | No
     ablations += [(f"kept share {share:.0%}", template,
                    replace(settings, template=replace(settings.template, keep_share=share)))
                   for share in models.keep_shares if template]
+    on_image = {m for m in models.hippocampus.values() if models.with_image and has_refiner(read_header(m))}
     rows: list[dict] = []
     for organ, setting, case, make in tqdm(jobs, desc="benchmark", disable=not progress, dynamic_ncols=True):
-        mask, truth, labels = make()
+        mask, truth, labels, image_path = make()
         rows.append({"setting": setting, "case": case, "method": "mask", "seconds": None,
                      **mask_metrics(mask, truth, surface=True)})
         if labels is not None and labels[0] is not None:
             rows[-1]["label_dice"] = {str(c[0]): dice(sitk.GetArrayViewFromImage(labels[1][c]) > 0,
                                                       sitk.GetArrayViewFromImage(t) > 0) for c, t in labels[0].items()}
         for method, model in getattr(models, organ).items():
-            rows.append(_refined_row(setting, case, method, model, mask, truth, settings, labels))
-        if setting == ablation_input:
+            if models.with_image != "only":
+                rows.append(_refined_row(setting, case, method, model, mask, truth, settings, labels))
+            if model in on_image and image_path is not None:
+                rows.append(_refined_row(setting, case, f"{method} + image", model, mask, truth, settings,
+                                         image=read_image(image_path)))
+        if setting == ablation_input and models.with_image != "only":
             for method, model, ablation_settings in ablations:
                 rows.append({**_refined_row(setting, case, method, model, mask, truth, ablation_settings),
                              "ablation": True})

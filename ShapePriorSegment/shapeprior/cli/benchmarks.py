@@ -65,6 +65,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="a refinement model of the liver inputs (repeatable; default DALS=liver)")
     r.add_argument("--ablation", action="append", type=_named, metavar="NAME=MODEL", default=[],
                    help="a hippocampus template model of the ablations, run on the weak U-Net's masks (repeatable)")
+    r.add_argument("--with-image", nargs="?", const="also", default="", choices=("also", "only"),
+                   help="DISSM models also refine the hippocampus masks on their images (refine-mask --image), shown "
+                   "as 'NAME + image'; 'only': just those rows, to --merge with an earlier run of the same masks")
     r.add_argument("--inputs", default="", help="run only these inputs, comma-separated (U-Net, weak U-Net, thick "
                    "slices i, thick slices j, thick slices k, leak, hole, cut-off; default all)")
     r.add_argument("--merge", action="append", default=[], metavar="JSON",
@@ -174,7 +177,7 @@ def measure_refine(args: argparse.Namespace) -> tuple[dict, str]:
         raise InputError(None, f"--inputs: unknown input(s) {', '.join(sorted(unknown))}")
     models = Methods(**{k: dict(v) for k, v in (("hippocampus", args.hippocampus_model),
                                                   ("liver", args.liver_model)) if v},
-                     ablations=dict(args.ablation), keep_shares=tuple(args.keep_shares))
+                     ablations=dict(args.ablation), keep_shares=tuple(args.keep_shares), with_image=args.with_image)
     result = run_benchmark(args.data, {"U-Net": args.unet, "weak U-Net": args.weak_unet}, args.liver_meshes,
                            models, inputs, limit=args.limit or None, liver_limit=args.liver_limit,
                            progress=not args.quiet, mesh_frame=args.mesh_frame)

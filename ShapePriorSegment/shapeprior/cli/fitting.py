@@ -127,7 +127,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="shipped model name (liver, hippocampus) or a .pt bundle")
     _labels_or_segment(p)
     p.add_argument("--all-parts", action="store_true", help="fit all disconnected parts together (default: the largest)")
-    p.add_argument("--image", help="the image the mask belongs to, for the scene bundle")
+    p.add_argument("--image", help="the image the mask was made from: a DISSM model (hippocampus) also refines its "
+                   "fit on it, so the shape follows the image where the mask is wrong; and the scene's volume")
     add_settings(p, RefineSettings)
     add_settings(p, FitSettings, RefineSettings().dals, only=("lambda_dir", "seed"))
     add_settings(p, TemplateMaskSettings, RefineSettings().template, only=("keep_share",))
@@ -242,13 +243,13 @@ def _stages(args: argparse.Namespace) -> list[str]:
     """``--stages`` of a DISSM model: a leading part of its stages (its pose agent's, then ``refine`` if it
     has a refiner), all by default; from ``--start-from``'s prediction a consecutive part, the last stage by
     default. From the bundles' headers, before torch is imported."""
-    from ..models.bundle import read_header
+    from ..models.bundle import has_refiner, read_header
 
     header = read_header(args.model, "dissm")
     if args.start_from:
         read_header(args.start_from, "deepssm")
     available = list(header.metadata["agent"]["stages"])
-    available += ["refine"] if any(name.startswith("refiner.") for name in header.tensors) else []
+    available += ["refine"] if has_refiner(header) else []
     default = available[-1:] if args.start_from else available
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else default
     begin = available.index(stages[0]) if stages and stages[0] in available else -1
@@ -313,19 +314,19 @@ def run_refine_mask(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..io import read_image
-    from ..models.bundle import read_header
+    from ..models.bundle import has_refiner, read_header
 
     check_outputs(args)
     check_input(args.input)
-    kind = read_header(args.model).kind
+    header = read_header(args.model)
+    kind = header.kind
     for only_kind, name, flags in (("dals", "DALS", given(args, "lambda_dir", "global_only")),
                                    ("template", "template", given(args, "keep_share", "out_labels"))):
         if kind != only_kind and flags:
             verb = "applies" if len(flags) == 1 else "apply"
             raise InputError(None, f"{' and '.join(flags)} only {verb} to {name} models; "
                              f"{args.model} is a {kind!r} model")
-    if args.image:
-        read_image(args.image)  # a bad image fails before the fit
+    image = read_image(args.image) if args.image else None  # a bad image fails before the fit
     mask = _read_mask(args, args.input)
     from ..fit.refine_mask import refine_mask
     from .output import fit_and_write
@@ -337,8 +338,10 @@ def run_refine_mask(args: argparse.Namespace) -> int:
                        implicit=replace(base.implicit, seed=dals.seed),
                        template=replace(settings_from(args, TemplateMaskSettings, base.template), seed=dals.seed))
     subregions = True if args.out_labels else None  # with a template model's sub-regions, in the report and scene
+    fit_image = image if has_refiner(header) else None  # other models only show it in the scene
     return fit_and_write(args, lambda progress: refine_mask(mask, args.model, args.input, args.all_parts, settings,
-                                                            progress=progress, subregions=subregions),
+                                                            progress=progress, subregions=subregions,
+                                                            image=fit_image, image_source=args.image),
                          volume_path=args.image)
 
 

@@ -110,6 +110,11 @@ def _header_pickle(path: Path) -> bytes:
         return archive.read(entry)
 
 
+def has_refiner(bundle: ModelBundle) -> bool:
+    """Whether a bundle (or header) is a DISSM model with a narrow-band refiner: one that can refine on images."""
+    return bundle.kind == "dissm" and any(name.startswith("refiner.") for name in bundle.tensors)
+
+
 def read_header(name_or_path: str | os.PathLike, kind: str | None = None) -> ModelBundle:
     """A bundle's format, kind and metadata, without torch and without running code in the file; its
     ``tensors`` name each tensor with None in place of the data. Checked to be of ``kind`` if given."""

@@ -91,12 +91,20 @@ def write_scene_bundle(path_mrb: str | os.PathLike, outcome: Outcome,
     # WriteToMRB names the folder inside the zip after the file, so the temporary file
     # keeps the final name, in a temporary folder beside it (same file system: atomic rename).
     folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # VTK's archiver reports every file it zips ("Info: ... Zip: adding ..."): kept out of the terminal,
+    # shown only if the bundle fails.
+    from vtkmodules.vtkCommonCore import vtkOutputWindow, vtkStringOutputWindow
+
+    terminal, messages = vtkOutputWindow.GetInstance(), vtkStringOutputWindow()
+    vtkOutputWindow.SetInstance(messages)
     try:
         tmp = folder / path.name
         if not scene.WriteToMRB(str(tmp)) or not tmp.is_file():
-            raise OSError(f"{path}: Slicer could not write the scene bundle")
+            said = [line.strip() for line in messages.GetOutput().splitlines() if line.strip()]
+            raise OSError(f"{path}: Slicer could not write the scene bundle" + (f" ({said[-1]})" if said else ""))
         os.replace(tmp, path)
     finally:
+        vtkOutputWindow.SetInstance(terminal)
         shutil.rmtree(folder, ignore_errors=True)
     return path
 

@@ -52,12 +52,14 @@ def fit_job(annotation: Annotation, model: str | os.PathLike = "liver", settings
                                                                warm_start, suggest))
 
 
-def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "liver") -> BackgroundJob:
-    """:func:`~shapeprior.fit.refine_mask.refine_mask` of a mask read beforehand, in a worker thread."""
+def mask_refine_job(mask: sitk.Image, source: str, model: str | os.PathLike = "liver", image: sitk.Image | None = None,
+                    image_source: str = "image") -> BackgroundJob:
+    """:func:`~shapeprior.fit.refine_mask.refine_mask` of a mask (and the ``image`` a DISSM model refines
+    on) read beforehand, in a worker thread."""
     from ..fit.refine_mask import refine_mask
 
     return BackgroundJob(lambda progress, stop: refine_mask(mask, model, source, progress=progress, should_stop=stop,
-                                                            subregions=None))
+                                                            subregions=None, image=image, image_source=image_source))
 
 
 def image_fit_job(image: sitk.Image, source: str, model: str | os.PathLike = "hippocampus",
@@ -102,13 +104,17 @@ def fit_painted_segment_in_scene(scene, segmentation_node_id: str, segment_id: s
 
 def refine_mask_in_scene(scene, node_id: str, model: str | os.PathLike, segment_id: str | None = None,
                          label: int | None = None, progress: Progress | None = None,
-                         should_stop: ShouldStop | None = None, **outputs) -> dict:
-    """A mask node (segment or labelmap) refined with the shape prior; the model node is coloured by
-    the signed distance to the mask boundary; a template model's sub-regions become segments too."""
+                         should_stop: ShouldStop | None = None, image_node_id: str | None = None, **outputs) -> dict:
+    """A mask node (segment or labelmap) refined with the shape prior (a DISSM model also on the volume
+    ``image_node_id``); the model node is coloured by the signed distance to the mask boundary; a
+    template model's sub-regions become segments too."""
     from ..fit.refine_mask import refine_mask
 
     mask, source, _ = read_mask_node(scene, node_id, segment_id, label)
-    outcome = refine_mask(mask, model, source, progress=progress, should_stop=should_stop, subregions=None)
+    image = read_volume_image(scene, image_node_id) if image_node_id else None
+    image_source = scene.GetNodeByID(image_node_id).GetName() if image_node_id else "image"
+    outcome = refine_mask(mask, model, source, progress=progress, should_stop=should_stop, subregions=None,
+                          image=image, image_source=image_source)
     return add_outcome_to_scene(scene, outcome, **outputs)
 
 

@@ -1,8 +1,8 @@
 """Fixed-size image grids for the pose agent and the U-Net baseline.
 
-Every image is resampled onto a grid of fixed size and spacing, centred on the
-image's physical centre and sharing its direction cosines, so a network sees the
-same geometry whatever the crop size. ``prep.surface.index_to_physical`` (4x4) maps the grid's
+Every image is resampled onto a grid of fixed size, spacing and orientation, centred
+on the image's physical centre, so a network sees the same geometry whatever the crop
+size and however the scan's voxels are stored. ``prep.surface.index_to_physical`` (4x4) maps the grid's
 continuous (i, j, k) indices to LPS millimetres; arrays are stored (k, j, i).
 """
 
@@ -32,25 +32,35 @@ class GridSpec:
 # 1 mm grid that holds every hippocampus crop (31-43 x 40-59 x 24-46 voxels): the U-Net's and the
 # refinement's input.
 FINE_GRID = GridSpec((48, 64, 48), 1.0)
+# The grids' axes in LPS: those of every training crop (i -> right, j -> anterior, k -> superior). A scan
+# stored in another orientation (a DICOM series: i -> left, j -> posterior) is resampled into it; with
+# its own axes the networks saw a mirrored head and DISSM found no hippocampus.
+GRID_DIRECTION = np.diag([-1.0, -1.0, 1.0])
 
 
 def centred_grid(image: sitk.Image, spec: GridSpec) -> sitk.Image:
-    """An empty reference image of ``spec`` centred on ``image``'s physical centre.
+    """An empty reference image of ``spec``, axes :data:`GRID_DIRECTION`, centred on ``image``'s
+    physical centre.
 
-    Along axes where the image has the grid's spacing, the grid is shifted by up to half a
-    voxel so its voxels coincide with the image's: resampling there copies voxels instead
-    of interpolating between them (a half-voxel shift costs a small organ several Dice points).
+    For an image in the grid's orientation, along axes where it has the grid's spacing, the grid
+    is shifted by up to half a voxel so its voxels coincide with the image's: resampling there
+    copies voxels instead of interpolating between them (a half-voxel shift costs a small organ
+    several Dice points).
     """
     image_size, image_spacing = np.array(image.GetSize()), np.array(image.GetSpacing())
     size = np.array(spec.size)
     # Continuous image index of the grid's first voxel when centred exactly.
     first = (image_size - 1) / 2 - (size - 1) / 2 * spec.spacing_mm / image_spacing
-    same_spacing = np.isclose(image_spacing, spec.spacing_mm)
-    first[same_spacing] = np.floor(first[same_spacing])
-    origin = np.array(image.TransformContinuousIndexToPhysicalPoint(first.tolist()))
+    if np.allclose(np.array(image.GetDirection()).reshape(3, 3), GRID_DIRECTION, atol=1e-6):
+        same_spacing = np.isclose(image_spacing, spec.spacing_mm)
+        first[same_spacing] = np.floor(first[same_spacing])
+        origin = np.array(image.TransformContinuousIndexToPhysicalPoint(first.tolist()))
+    else:
+        centre = np.array(image.TransformContinuousIndexToPhysicalPoint(((image_size - 1) / 2).tolist()))
+        origin = centre - GRID_DIRECTION @ ((size - 1) / 2 * spec.spacing_mm)
     reference = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     reference.SetSpacing([spec.spacing_mm] * 3)
-    reference.SetDirection(image.GetDirection())
+    reference.SetDirection(GRID_DIRECTION.ravel().tolist())
     reference.SetOrigin(origin.tolist())
     return reference
 

@@ -214,7 +214,9 @@ class Session:
             elif mode == "mask":
                 if self.mask is None:
                     raise PageError("Load a mask (a labelmap of the organ) first.")
-                job = self.logic.startMaskRefinement(self.mask, model=model)
+                # The loaded image goes into the fit too when the model can refine on it (DISSM).
+                image = self.volume if self.volume is not None and self.logic.modelRefinesOnImage(model) else None
+                job = self.logic.startMaskRefinement(self.mask, model=model, imageNode=image)
             else:
                 if self.volume is None:
                     raise PageError("Load an image first.")
